@@ -1,0 +1,1 @@
+"""Data: find images, prepare them once, read and augment them fast."""

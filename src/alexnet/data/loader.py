@@ -1,0 +1,205 @@
+"""Batches of a prepared split, in a deterministic order, read ahead in a background thread.
+
+Order: epoch ``e`` visits the images in the order
+``torch.randperm(N, generator=torch.Generator().manual_seed(seed * 1_000_003 + e))`` (or
+``0..N-1`` without shuffling). Global batch ``b`` is positions ``b*B .. (b+1)*B - 1`` of that
+order; with ``world_size`` W it is cut into W contiguous shards (sizes differ by at most one)
+and rank r gets shard r. So the position of a sample depends only on (seed, epoch, batch), not
+on W: training resumes at a global batch (``start_batch``) with any number of GPUs.
+
+Evaluation (``shuffle=False, drop_last=False``) with W > 1 counts every image exactly once: the
+last, partial batch is sharded without padding (a rank's shard may be empty). Every rank yields
+the same number of batches, ``len(loader)``.
+
+Images come as uint8 ``(b, 3, S, S)`` channels_last (a permute of the stored HWC data), labels
+as int64, both on ``device``. On CUDA the batch is read into pinned memory and copied on a side
+stream ahead of use; the consumer's stream waits for the copy.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+__all__ = ["BatchLoader", "num_batches", "epoch_order", "SEED_STRIDE"]
+
+SEED_STRIDE = 1_000_003
+
+
+def num_batches(n: int, batch_size: int, drop_last: bool) -> int:
+    """Global batches in an epoch of ``n`` images."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    return n // batch_size if drop_last else (n + batch_size - 1) // batch_size
+
+
+def epoch_order(n: int, *, shuffle: bool, seed: int, epoch: int) -> torch.Tensor:
+    """The visiting order of epoch ``epoch``: int64 (n,)."""
+    if not shuffle:
+        return torch.arange(n, dtype=torch.int64)
+    g = torch.Generator().manual_seed(int(seed) * SEED_STRIDE + int(epoch))
+    return torch.randperm(n, generator=g)
+
+
+def shard_bounds(b: int, rank: int, world_size: int) -> tuple[int, int]:
+    """[lo, hi) of rank's contiguous shard of a batch of ``b`` (sizes differ by at most one)."""
+    q, r = divmod(b, world_size)
+    lo = rank * q + min(rank, r)
+    return lo, lo + q + (1 if rank < r else 0)
+
+
+class _Failure:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+class BatchLoader:
+    """Iterate ``(images_u8, labels)`` of a :class:`~alexnet.data.prepared.PreparedSplit`.
+
+    ``batch_size`` is the global batch (all ranks together). ``start_batch`` skips the first
+    global batches of the epoch without reading them. ``len(loader)`` is the number of batches
+    this loader yields (``batches_per_epoch - start_batch``).
+    """
+
+    def __init__(
+        self,
+        split,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        epoch: int = 0,
+        start_batch: int = 0,
+        drop_last: bool = False,
+        device="cpu",
+        rank: int = 0,
+        world_size: int = 1,
+        prefetch: int = 2,
+        pin_memory: bool | None = None,
+        threads: int | None = None,
+    ):
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+        self.split = split
+        self.batch_size = int(batch_size)
+        self.shuffle, self.seed, self.drop_last = bool(shuffle), int(seed), bool(drop_last)
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.device = torch.device(device)
+        self.prefetch = max(1, int(prefetch))
+        if pin_memory is None:
+            pin_memory = self.device.type == "cuda" and torch.cuda.is_available()
+        self.pin_memory = bool(pin_memory)
+        if threads is None:
+            threads = min(4, os.cpu_count() or 1)
+        self.threads = max(1, int(threads))
+        self.n = len(split)
+        self.batches_per_epoch = num_batches(self.n, self.batch_size, self.drop_last)
+        self._labels = split.labels
+        self.set_epoch(epoch, start_batch)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        if not 0 <= start_batch <= self.batches_per_epoch:
+            raise ValueError(f"start_batch {start_batch} is outside 0..{self.batches_per_epoch}")
+        self.epoch, self.start_batch = int(epoch), int(start_batch)
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch - self.start_batch
+
+    def order(self) -> torch.Tensor:
+        return epoch_order(self.n, shuffle=self.shuffle, seed=self.seed, epoch=self.epoch)
+
+    def shards(self) -> list[torch.Tensor]:
+        """This rank's indices for each remaining batch (no reading)."""
+        order = self.order()
+        out = []
+        for b in range(self.start_batch, self.batches_per_epoch):
+            glob = order[b * self.batch_size : min((b + 1) * self.batch_size, self.n)]
+            lo, hi = shard_bounds(len(glob), self.rank, self.world_size)
+            out.append(glob[lo:hi])
+        return out
+
+    # -- reading
+    def _load(self, idx: torch.Tensor, pool: ThreadPoolExecutor | None):
+        S = self.split.size
+        b = len(idx)
+        buf = torch.empty((b, S, S, 3), dtype=torch.uint8, pin_memory=self.pin_memory)
+        if pool is None or b < 2 * self.threads:
+            self.split.read(idx, out=buf)
+        else:
+            parts = []
+            for t in range(self.threads):
+                lo, hi = shard_bounds(b, t, self.threads)
+                parts.append(pool.submit(self.split.read, idx[lo:hi], buf[lo:hi]))
+            for p in parts:
+                p.result()
+        x = buf.permute(0, 3, 1, 2)
+        y = self._labels[idx]
+        if self.pin_memory:
+            y = y.pin_memory()
+        return x, y
+
+    def _produce(self, shards, q: queue.Queue, stop: threading.Event) -> None:
+        pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+        cuda = self.device.type == "cuda"
+        stream = torch.cuda.Stream(self.device) if cuda else None
+        try:
+            for idx in shards:
+                if stop.is_set():
+                    return
+                x, y = self._load(idx, pool)
+                ev = None
+                if cuda:
+                    with torch.cuda.stream(stream):
+                        x = x.to(self.device, non_blocking=True)
+                        y = y.to(self.device, non_blocking=True)
+                        ev = torch.cuda.Event()
+                        ev.record(stream)
+                elif self.device.type != "cpu":
+                    x, y = x.to(self.device), y.to(self.device)
+                self._put(q, (x, y, ev), stop)
+        except BaseException as e:  # handed to the consumer, raised there
+            self._put(q, _Failure(e), stop)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
+
+    @staticmethod
+    def _put(q: queue.Queue, item, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def __iter__(self):
+        shards = self.shards()
+        if not shards:
+            return
+        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+        th = threading.Thread(target=self._produce, args=(shards, q, stop), name="alexnet-loader", daemon=True)
+        th.start()
+        try:
+            for _ in range(len(shards)):
+                item = q.get()
+                if isinstance(item, _Failure):
+                    raise item.exc
+                x, y, ev = item
+                if ev is not None:
+                    cur = torch.cuda.current_stream(self.device)
+                    cur.wait_event(ev)
+                    x.record_stream(cur)
+                    y.record_stream(cur)
+                yield x, y
+        finally:
+            stop.set()
+            while th.is_alive():
+                try:
+                    q.get_nowait()
+                except queue.Empty:
+                    th.join(0.05)

@@ -1,0 +1,177 @@
+"""The paper's test protocol: top-1 and top-5 error, centre crop or ten crops, ensembles.
+
+Ten crops (section 4.1): the four corner patches, the centre patch and their horizontal flips;
+the softmax is averaged over the ten. An ensemble (the paper's "5 CNNs" row) averages the softmax
+of several networks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from alexnet.checkpoint import load_checkpoint, model_from_checkpoint
+from alexnet.data.augment import views
+from alexnet.errors import DataError
+
+
+@torch.no_grad()
+def crop_probabilities(nets: list[nn.Module], images_u8: torch.Tensor, mean: torch.Tensor, crop: int,
+                       crops: int, amp_dtype, channels_last: bool, input_scales: list[float]) -> torch.Tensor:
+    """Softmax averaged over `crops` views of each image and over the networks: (B, classes)."""
+    total = None
+    for net, scale in zip(nets, input_scales):
+        x = views(images_u8, mean, crop, crops, input_scale=scale)          # (B * crops, 3, crop, crop)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = net(x)
+        p = logits.float().softmax(1).view(images_u8.shape[0], crops, -1).mean(1)
+        total = p if total is None else total + p
+    return total / len(nets)
+
+
+def topk_errors(probs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Counts of top-1 and top-5 misses in a batch."""
+    k = min(5, probs.shape[1])
+    top = probs.topk(k, dim=1).indices
+    hit5 = (top == labels[:, None]).any(1)
+    return (top[:, 0] != labels).sum(), (~hit5).sum()
+
+
+@torch.no_grad()
+def evaluate_split(net, split, mean, crop, crops, device, amp_dtype, channels_last, input_scale,
+                   batch_size=256, dist=None, label_map: torch.Tensor | None = None) -> dict:
+    """Top-1/top-5 error of one network (or ensemble list) on a prepared split; each image counted
+    once across processes."""
+    from alexnet.data.loader import BatchLoader
+
+    nets = net if isinstance(net, list) else [net]
+    scales = input_scale if isinstance(input_scale, list) else [input_scale] * len(nets)
+    modes = [n.training for n in nets]
+    for n in nets:
+        n.eval()
+    rank, world = (dist.rank, dist.world_size) if dist is not None else (0, 1)
+    loader = BatchLoader(split, batch_size * world, shuffle=False, seed=0, epoch=0, drop_last=False,
+                         device=device, rank=rank, world_size=world)
+    counts = torch.zeros(3, dtype=torch.float64, device=device)   # images, top-1 misses, top-5 misses
+    for images, labels in loader:
+        if label_map is not None:
+            labels = label_map.to(labels.device)[labels]
+        probs = crop_probabilities(nets, images, mean, crop, crops, amp_dtype, channels_last, scales)
+        e1, e5 = topk_errors(probs, labels)
+        counts += torch.stack([torch.tensor(labels.numel(), device=device), e1, e5]).double()
+    for n, mode in zip(nets, modes):
+        n.train(mode)
+    if dist is not None:
+        dist.sum_(counts)
+    images = int(counts[0].item())
+    return {"top1_error": counts[1].item() / max(images, 1), "top5_error": counts[2].item() / max(images, 1),
+            "images": images, "crops": crops}
+
+
+@dataclass
+class Loaded:
+    path: str
+    ckpt: dict
+    model: nn.Module
+
+
+def load_models(paths: list[str], device: torch.device) -> list[Loaded]:
+    loaded = []
+    for p in paths:
+        ckpt = load_checkpoint(p)
+        model = model_from_checkpoint(ckpt).to(device).eval()
+        loaded.append(Loaded(str(p), ckpt, model))
+    first = loaded[0].ckpt
+    for item in loaded[1:]:
+        if item.ckpt["classes"] != first["classes"]:
+            raise DataError(item.path, f"classes differ from {loaded[0].path}: an ensemble needs the same class list")
+        if item.ckpt["image_size"] != first["image_size"]:
+            raise DataError(item.path, f"trained on {item.ckpt['image_size']} px images, {loaded[0].path} on "
+                                       f"{first['image_size']}")
+    return loaded
+
+
+def label_map_for(data_classes: list[str], model_classes: list[str], where) -> torch.Tensor:
+    """Indices into the model's class list for each of the data's classes (a subset is fine)."""
+    index = {c: i for i, c in enumerate(model_classes)}
+    unknown = [c for c in data_classes if c not in index]
+    if unknown:
+        raise DataError(where, f"classes the checkpoint was not trained on: {', '.join(unknown[:5])}"
+                               f"{' ...' if len(unknown) > 5 else ''}")
+    return torch.tensor([index[c] for c in data_classes], dtype=torch.long)
+
+
+def evaluate_checkpoints(paths: list[str], data_dir: str, split: str | None = None, crops: int = 10,
+                         device: str = "auto", batch_size: int = 128, workers: int | None = None,
+                         progress: bool = True, cache_dir: str | None = None) -> dict:
+    """`alexnet eval`: the error of one checkpoint, or of the ensemble of several, on a split of an
+    image-folder tree or of an `alexnet prepare` directory."""
+    import tempfile
+
+    from alexnet.data.prepare import prepare
+    from alexnet.data.prepared import PreparedData, is_prepared
+    from alexnet.train import resolve_device
+
+    dev = resolve_device(device)
+    loaded = load_models(paths, dev)
+    first = loaded[0].ckpt
+    src = Path(data_dir)
+    if not src.exists():
+        raise DataError(src, "no such file or directory")
+    tmp = None
+    if is_prepared(src):
+        data = PreparedData.open(src)
+    else:
+        out = Path(cache_dir) if cache_dir else Path(tmp := tempfile.mkdtemp(prefix="alexnet-eval-"))
+        splits = [split] if split else None
+        prepare(src, out, size=first["image_size"], splits=splits, workers=workers, progress=progress)
+        data = PreparedData.open(out)
+    try:
+        names = list(data.splits)
+        name = split or next((s for s in ("val", "test") if s in names), names[0] if len(names) == 1 else None)
+        if name is None or name not in names:
+            raise DataError(src, f"no split {split or 'val/test'!r} (found: {', '.join(names)})")
+        if data.size != first["image_size"]:
+            raise DataError(src, f"images prepared at {data.size} px; the checkpoint expects {first['image_size']}")
+        part = data.split(name)
+        label_map = label_map_for(list(data.classes), first["classes"], src)
+        mean = first["mean"].to(dev)  # the training set's mean image, as the network learned it
+        amp = torch.bfloat16 if dev.type == "cuda" else None
+        result = evaluate_split([m.model for m in loaded], part, mean, first["crop"], crops, dev, amp,
+                                dev.type == "cuda", [m.ckpt["input_scale"] for m in loaded], batch_size,
+                                None, label_map)
+    finally:
+        if tmp:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    result["checkpoints"] = [m.path for m in loaded]
+    result["split"] = name
+    return result
+
+
+@torch.no_grad()
+def predict_images(checkpoint: str, images: list[str], crops: int = 10, top: int = 5,
+                   device: str = "auto") -> list[dict]:
+    """`alexnet predict`: the top classes of each image, with names and probabilities."""
+    from alexnet.data.prepare import load_image
+    from alexnet.train import resolve_device
+
+    dev = resolve_device(device)
+    (item,) = load_models([checkpoint], dev)
+    ck = item.ckpt
+    out = []
+    for path in images:
+        image = torch.from_numpy(load_image(path, ck["image_size"])).permute(2, 0, 1)[None].to(dev)  # (1, 3, S, S)
+        probs = crop_probabilities([item.model], image, ck["mean"].to(dev), ck["crop"], crops, None, False,
+                                   [ck["input_scale"]])[0]
+        p, idx = probs.topk(min(top, probs.numel()))
+        out.append({"image": str(path), "top": [
+            {"class": ck["classes"][i], "name": ck["class_names"][i], "probability": float(q)}
+            for q, i in zip(p.tolist(), idx.tolist())]})
+    return out

@@ -1,0 +1,142 @@
+"""The paper's layers that torch does not spell the same way.
+
+Response normalisation (paper section 3.3) across channels:
+
+    b[c] = a[c] / (k + scale * sum_{c' in window(c)} a[c']^2) ** beta
+
+with a window of `size` channels centred on c (zero beyond the edges). The paper's text writes
+`scale = alpha = 1e-4`; the 2012 code divides alpha by the window (`scale = 1e-4 / 5`).
+`torch.nn.LocalResponseNorm(size, alpha, ...)` always divides its alpha by size, so the paper's
+text is `LocalResponseNorm(5, alpha=5e-4)` there and the code is `LocalResponseNorm(5, alpha=1e-4)`.
+Here `scale` is the coefficient that multiplies the sum, whatever convention produced it.
+
+In the two-column network each GPU normalised its own maps: the window never crosses from one
+column into the other. On one device the columns are channel groups, so the normalisation takes
+`groups` and keeps each window inside its group.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: The paper's constants (section 3.3).
+LRN_SIZE = 5
+LRN_ALPHA = 1e-4
+LRN_BETA = 0.75
+LRN_K = 2.0
+
+
+def lrn_scale(alpha: float, size: int, convention: str) -> float:
+    """The coefficient of the sum of squares under a convention: 'paper' or 'cuda-convnet'."""
+    if convention == "paper":
+        return alpha
+    if convention == "cuda-convnet":
+        return alpha / size
+    raise ValueError(f"unknown response-normalisation convention {convention!r}: paper, cuda-convnet")
+
+
+def response_norm(x: torch.Tensor, size: int, scale: float, beta: float, k: float,
+                  groups: int = 1) -> torch.Tensor:
+    """Reference cross-channel response normalisation of an (N, C, H, W) tensor, the window kept
+    inside each of `groups` equal channel groups (the columns)."""
+    if groups > 1:
+        chunks = x.chunk(groups, dim=1)
+        return torch.cat([response_norm(c, size, scale, beta, k) for c in chunks], dim=1)
+    # The window sum as `size` shifted slices of the zero-padded squares: the same numbers as
+    # torch's local_response_norm (which averages with avg_pool3d) at a fraction of its CPU time.
+    c = x.shape[1]
+    sq = F.pad((x * x).unsqueeze(1), (0, 0, 0, 0, size // 2, (size - 1) // 2)).squeeze(1)
+    window = sq[:, 0:c]
+    for i in range(1, size):
+        window = window + sq[:, i:i + c]
+    return x / (k + scale * window).pow(beta)
+
+
+def within_map_norm(x: torch.Tensor, size: int, scale: float, beta: float, k: float) -> torch.Tensor:
+    """cuda-convnet's `rnorm` layer: normalise by the squares in a size x size patch of the same map.
+
+    b = a / (k + scale * sum_patch a^2) ** beta, zeros outside the map. cuda-convnet divides its
+    configured scale (0.001 for `cnorm2`) by size**2, the patch area, and uses k = 1 unless a
+    `minDiv` is given; `scale` here is the coefficient after that division.
+    """
+    mean_sq = F.avg_pool2d(x * x, size, stride=1, padding=size // 2, count_include_pad=True)
+    return x / (k + scale * size * size * mean_sq).pow(beta)
+
+
+class ResponseNorm(nn.Module):
+    """Cross-channel response normalisation; `scale` multiplies the sum of squares (see module doc).
+
+    `impl` selects the implementation: "reference" (torch ops, any device) or "auto", which uses the
+    fused GPU kernel when one is available for the input and the reference otherwise.
+    """
+
+    def __init__(self, size: int = LRN_SIZE, scale: float = LRN_ALPHA, beta: float = LRN_BETA,
+                 k: float = LRN_K, groups: int = 1, impl: str = "auto"):
+        super().__init__()
+        if impl not in ("auto", "reference"):
+            raise ValueError(f"unknown response-normalisation impl {impl!r}: auto, reference")
+        self.size, self.scale, self.beta, self.k, self.groups, self.impl = size, scale, beta, k, groups, impl
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.impl == "auto" and x.is_cuda:
+            from alexnet.kernels import fused_response_norm
+
+            if fused_response_norm is not None:
+                return fused_response_norm(x, self.size, self.scale, self.beta, self.k, groups=self.groups)
+        return response_norm(x, self.size, self.scale, self.beta, self.k, self.groups)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, scale={self.scale:g}, beta={self.beta}, k={self.k}, groups={self.groups}"
+
+
+class WithinMapNorm(nn.Module):
+    """cuda-convnet's within-map (`rnorm`) normalisation, used after conv2 in the 2012 code."""
+
+    def __init__(self, size: int = 5, scale: float = 1e-3 / 25, beta: float = 0.75, k: float = 1.0):
+        super().__init__()
+        self.size, self.scale, self.beta, self.k = size, scale, beta, k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return within_map_norm(x, self.size, self.scale, self.beta, self.k)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, scale={self.scale:g}, beta={self.beta}, k={self.k}"
+
+
+class Overhang(nn.Module):
+    """cuda-convnet's window overhang: zero-pad right and bottom so the last window fits.
+
+    cuda-convnet's output size is 1 + ceil((size - filter) / stride); the windows that run past the
+    image see zeros. A 224 input to an 11x11 stride-4 filter gives 55 outputs and pads 3.
+    """
+
+    def __init__(self, kernel: int, stride: int):
+        super().__init__()
+        self.kernel, self.stride = kernel, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        pad_h = overhang(h, self.kernel, self.stride)
+        pad_w = overhang(w, self.kernel, self.stride)
+        if pad_h == 0 and pad_w == 0:
+            return x
+        return F.pad(x, (0, pad_w, 0, pad_h))
+
+    def extra_repr(self) -> str:
+        return f"kernel={self.kernel}, stride={self.stride}"
+
+
+def overhang(size: int, kernel: int, stride: int) -> int:
+    """Zeros cuda-convnet's ceil-mode output size implies past the right/bottom edge."""
+    outputs = 1 + -(-(size - kernel) // stride)
+    return (outputs - 1) * stride + kernel - size
+
+
+def activation(name: str) -> nn.Module:
+    if name == "relu":
+        return nn.ReLU(inplace=True)
+    if name == "tanh":
+        return nn.Tanh()
+    raise ValueError(f"unknown activation {name!r}: relu, tanh")

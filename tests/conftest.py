@@ -1,0 +1,55 @@
+"""Shared pytest fixtures. Each section belongs to the tests that introduced it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# ============================================================================ data fixtures
+# (tests/test_layouts.py, tests/test_prepare.py, tests/test_loader.py)
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def write_image(path: Path, array: np.ndarray, fmt: str | None = None, **save_kw) -> Path:
+    """Write a uint8 HxWx3 (or HxW) array as an image file with PIL; ``fmt`` defaults to the suffix."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(path, format=fmt, **save_kw)
+    return path
+
+
+def random_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A smooth random colour image (JPEG-friendly), uint8 HxWx3."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    c = rng.uniform(0, 1, (3, 3))
+    img = np.stack([(c[k, 0] * 255 * (yy / max(h - 1, 1)) + c[k, 1] * 255 * (xx / max(w - 1, 1))) / 2
+                    + c[k, 2] * 60 for k in range(3)], axis=-1)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def image_tree(tmp_path) -> Path:
+    """``root/{train,val}/{cat,dog,n01440764}/*.jpg|png`` with small images of various sizes."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "src"
+    for split, n in (("train", 4), ("val", 2)):
+        for c, cls in enumerate(("cat", "dog", "n01440764")):
+            for i in range(n):
+                h, w = 20 + 3 * i + c, 28 + 5 * i
+                ext = ".png" if i % 2 else ".JPEG"
+                write_image(root / split / cls / f"img{i}{ext}", random_image(rng, h, w),
+                            fmt="PNG" if ext == ".png" else "JPEG", **({} if ext == ".png" else {"quality": 95}))
+    return root
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """/work/shared/data (read-only); the test is skipped without it."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("shared data folder not present")
+    return SHARED_DATA

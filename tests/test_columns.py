@@ -1,0 +1,217 @@
+"""The paper's two-device model parallelism equals the grouped single-device network."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from alexnet.errors import CheckpointError, ConfigError
+from alexnet.models import build_model
+from alexnet.models.alexnet2012 import AlexNet2012Config
+from alexnet.optim import PaperSGD, param_groups
+from alexnet.parallel.columns import Column, TwoDeviceAlexNet, merge_state_dicts, split_state_dict
+
+GROUPED_PARAMS = 60_965_224
+
+
+def _grads(module) -> dict:
+    return {k: p.grad for k, p in module.named_parameters()}
+
+
+def _assert_state_close(actual: dict, expected: dict, **tol):
+    assert list(actual) == list(expected)
+    for key in expected:
+        a, e = actual[key], expected[key]
+        # allclose first: assert_close is several times slower on fc6's 19M values (2 CPU cores).
+        if a.shape != e.shape or a.dtype != e.dtype or not torch.allclose(a, e, **tol):
+            torch.testing.assert_close(a, e, msg=lambda m, key=key: f"{key}: {m}", **tol)
+
+
+def test_columns_hold_the_halves_and_fc8_sits_on_column_0():
+    grouped = build_model("alexnet2012")
+    c0, c1 = Column(AlexNet2012Config(), 0), Column(AlexNet2012Config(), 1)
+    n0, n1 = (sum(p.numel() for p in c.parameters()) for c in (c0, c1))
+    assert (n0, n1) == (32_531_112, 28_434_112) and n0 + n1 == GROUPED_PARAMS
+    shapes = {k: v.shape for k, v in grouped.state_dict().items()}
+    half0, half1 = split_state_dict(grouped.state_dict())
+    assert [k for k in c0.state_dict()] == list(shapes)                   # names mirror the grouped model
+    assert {k: v.shape for k, v in c0.state_dict().items()} == {k: v.shape for k, v in half0.items()}
+    assert {k: v.shape for k, v in c1.state_dict().items()} == {k: v.shape for k, v in half1.items()}
+    assert c1.fc8 is None and "fc8.weight" not in half1
+    assert c0.conv1.out_channels == 48 and c0.conv3.in_channels == 256 and c0.fc6.in_features == 9216
+    # The column's normalisation window is its own channels only.
+    assert c0.norm1.groups == 1 and c0.norm1.scale == grouped.norm1.scale
+
+
+def test_the_one_column_config_has_no_column_form():
+    with pytest.raises(ConfigError, match="columns=2"):
+        Column(AlexNet2012Config(columns=1), 0)
+    with pytest.raises(ConfigError, match="0 or 1"):
+        Column(AlexNet2012Config(), 2)
+
+
+def test_state_dicts_round_trip_between_the_forms():
+    torch.manual_seed(0)
+    grouped = build_model("alexnet2012", num_classes=10)
+    sd = grouped.state_dict()
+    sd0, sd1 = split_state_dict(sd)
+    # Each half is its own storage: saving one column does not write the other's weights.
+    assert sd0["fc6.weight"].untyped_storage().nbytes() == 2048 * 9216 * 4
+    torch.testing.assert_close(sd0["conv2.weight"], sd["conv2.weight"][:128], rtol=0, atol=0)
+    torch.testing.assert_close(sd1["fc7.bias"], sd["fc7.bias"][2048:], rtol=0, atol=0)
+    _assert_state_close(merge_state_dicts(sd0, sd1), sd, rtol=0, atol=0)
+
+    # grouped -> two devices -> grouped, through each form's own state dict.
+    two = TwoDeviceAlexNet(grouped.config, ("cpu", "cpu"))
+    two.load_state_dict(sd)                                    # a grouped checkpoint loads as is
+    _assert_state_close(two.grouped_state_dict(), sd, rtol=0, atol=0)
+    back = two.to_grouped()
+    assert type(back).__name__ == "AlexNet2012"
+    _assert_state_close(back.state_dict(), sd, rtol=0, atol=0)
+    again = TwoDeviceAlexNet.from_grouped(back, ("cpu", "cpu"))
+    with torch.no_grad():
+        for p in again.parameters():
+            p.zero_()
+    again.load_state_dict(two.state_dict())                    # its own `columns.i.` form too
+    _assert_state_close(again.grouped_state_dict(), sd, rtol=0, atol=0)
+    # DDP / torch.compile prefixes are dropped; foreign keys refused.
+    _assert_state_close(split_state_dict({"module." + k: v for k, v in sd.items()})[1], sd1, rtol=0, atol=0)
+    with pytest.raises(CheckpointError, match="unexpected keys"):
+        split_state_dict({**sd, "classifier.1.weight": torch.zeros(1)})
+    with pytest.raises(CheckpointError, match="column 0's state dict first"):
+        merge_state_dicts(sd1, sd0)
+
+
+def test_two_devices_on_cpu_equal_the_grouped_network_outputs_loss_gradients_and_step():
+    torch.manual_seed(1)
+    grouped = build_model("alexnet2012").eval()      # dropout masks differ by design: compare in eval
+    two = TwoDeviceAlexNet.from_grouped(grouped, ("cpu", "cpu"))
+    assert not two.training
+    x, y = torch.randn(2, 3, 224, 224) * 50, torch.tensor([3, 999])
+
+    seen = []
+    grouped.act7.register_forward_hook(lambda _m, _i, out: seen.append(out.detach().clone()))
+    logits = grouped(x)
+    out = two(x)
+    torch.testing.assert_close(out, logits, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(two.hidden(x), seen[0], rtol=1e-5, atol=1e-5)   # Figure 4's code
+    loss_g, loss_t = F.cross_entropy(logits, y), F.cross_entropy(out, y)
+    torch.testing.assert_close(loss_t, loss_g, rtol=1e-6, atol=1e-6)
+    loss_g.backward()
+    loss_t.backward()
+    merged = merge_state_dicts(_grads(two.columns[0]), _grads(two.columns[1]))
+    _assert_state_close(merged, _grads(grouped), rtol=1e-4, atol=1e-6)
+
+    # One step of the paper's rule on each gives the same weights.
+    PaperSGD(param_groups(grouped, "paper", 0.01)).step()
+    PaperSGD(param_groups(two, "paper", 0.01)).step()
+    _assert_state_close(two.grouped_state_dict(), grouped.state_dict(), rtol=1e-5, atol=1e-6)
+
+
+def test_two_devices_train_mode_drops_each_half_on_its_own():
+    torch.manual_seed(2)
+    two = TwoDeviceAlexNet(AlexNet2012Config(num_classes=5), ("cpu", "cpu")).train()
+    assert [c.drop6.p for c in two.columns] == [0.5, 0.5]
+    out = two(torch.randn(1, 3, 224, 224))
+    assert out.shape == (1, 5)
+    out.sum().backward()
+    assert all(p.grad is not None for p in two.parameters())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_two_columns_on_cuda_equal_the_grouped_network():
+    torch.manual_seed(3)
+    grouped = build_model("alexnet2012").eval().cuda()
+    n = torch.cuda.device_count()
+    devices = ("cuda:0", "cuda:1") if n >= 2 else ("cuda:0", "cuda:0")   # two GPUs, or two streams
+    two = TwoDeviceAlexNet.from_grouped(grouped, devices)
+    x, y = torch.randn(4, 3, 224, 224, device="cuda") * 50, torch.tensor([1, 2, 3, 4], device="cuda")
+    with torch.backends.cudnn.flags(enabled=True, deterministic=True, allow_tf32=False):
+        torch.backends.cuda.matmul.allow_tf32 = False
+        F.cross_entropy(grouped(x), y).backward()
+        out = two(x)
+        F.cross_entropy(out, y).backward()
+    torch.testing.assert_close(out, grouped(x), rtol=1e-4, atol=1e-4)
+    merged = merge_state_dicts(_grads(two.columns[0]), _grads(two.columns[1]))
+    _assert_state_close(merged, _grads(grouped), rtol=1e-3, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Two gloo processes: one column each
+
+
+def _distributed_worker(rank: int, store_path: str, recipe: str) -> None:
+    import torch.distributed as dist
+
+    from alexnet.parallel.columns import DistributedColumnAlexNet
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", store=dist.FileStore(store_path, 2), rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=60))
+    try:
+        torch.manual_seed(0)                      # the same grouped model and batch on both ranks
+        grouped = build_model("alexnet2012", recipe=recipe, dropout=0.0)
+        initial = {k: v.clone() for k, v in grouped.state_dict().items()}
+        x, y = torch.randn(2, 3, 224, 224) * 50, torch.tensor([5, 17])
+        logits = grouped(x)
+        loss_g = F.cross_entropy(logits, y)
+        loss_g.backward()
+        grad_half = split_state_dict(_grads(grouped))[rank]
+        PaperSGD(param_groups(grouped, recipe, 0.01)).step()
+        stepped_half = split_state_dict(grouped.state_dict())[rank]
+
+        torch.manual_seed(100 + rank)             # a different init, then the grouped weights
+        model = DistributedColumnAlexNet(AlexNet2012Config(recipe=recipe, dropout=0.0))
+        model.load_grouped_state_dict(initial)
+        assert model.rank == rank and model.is_root == (rank == 0)
+        out = model(x)
+        loss = model.loss(out, y)
+        if rank == 0:
+            torch.testing.assert_close(out, logits, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(loss, loss_g, rtol=1e-6, atol=1e-6)
+        else:
+            assert out.shape == () and loss is out
+        opt = PaperSGD(param_groups(model, recipe, 0.01))
+        opt.zero_grad()
+        loss.backward()
+        _assert_state_close(_grads(model), grad_half, rtol=1e-4, atol=1e-6)
+        opt.step()
+        _assert_state_close(model.state_dict(), stepped_half, rtol=1e-5, atol=1e-6)
+        merged = model.grouped_state_dict()           # collective: rank 0 gets the whole model
+        if rank == 0:
+            _assert_state_close(merged, grouped.state_dict(), rtol=1e-5, atol=1e-6)
+        else:
+            assert merged is None
+    finally:
+        dist.destroy_process_group()
+
+
+def _spawn(fn, args, nprocs: int = 2, timeout_s: float = 120.0) -> None:
+    import torch.multiprocessing as mp
+
+    ctx = mp.start_processes(fn, args=args, nprocs=nprocs, join=False, start_method="spawn")
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not ctx.join(timeout=max(0.1, deadline - time.monotonic())):
+            if time.monotonic() > deadline:
+                pytest.fail(f"distributed test did not finish in {timeout_s:.0f} s")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+                p.join()
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_distributed_columns_on_two_gloo_processes_equal_the_grouped_network(tmp_path):
+    """Rank r holds column r: forward, loss, gradients and one PaperSGD step equal the grouped
+    model's (cuda-convnet recipe: its within-map norm, conv1 order and bias groups too)."""
+    _spawn(_distributed_worker, (os.fspath(tmp_path / "store"), "cuda-convnet"))

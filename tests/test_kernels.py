@@ -1,0 +1,279 @@
+"""The Triton response-normalisation kernels against a float64 reference.
+
+Without CUDA the kernels run on the CPU through Triton's interpreter. TRITON_INTERPRET is read
+when `@triton.jit` decorates a kernel, so it is set here before alexnet.kernels is imported (and
+that module is reloaded if something imported it earlier without the interpreter). Sizes on the
+CPU are tiny; the `gpu` tests use the real layer sizes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import random
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+CUDA = torch.cuda.is_available()
+if not CUDA:
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import alexnet.kernels  # noqa: E402
+import alexnet.kernels.response_norm as rn  # noqa: E402
+
+if not CUDA and not rn.interpreting():  # imported earlier with compiled kernels: redecorate
+    rn = importlib.reload(rn)
+    importlib.reload(sys.modules["alexnet.kernels"])
+
+from alexnet.layers import ResponseNorm, response_norm  # noqa: E402
+
+DEV = "cuda" if CUDA else "cpu"
+gpu = pytest.mark.gpu
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs CUDA")
+
+TOL = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 1e-2}
+LAYOUTS = ["nchw", "nhwc"]
+DTYPES = [torch.float32, torch.bfloat16]
+CPU_SHAPES = [(1, 7, 5, 3), (2, 13, 13, 11), (3, 96, 3, 2)]
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out, ref = out.double(), ref.double()
+    return ((out - ref).norm() / ref.norm()).item()
+
+
+def params() -> tuple[int, float, float, float]:
+    """Fresh constants for each check: the LRN term large enough to matter in the gradient."""
+    return 5, random.uniform(0.05, 0.5), random.uniform(0.5, 1.0), random.uniform(1.0, 3.0)
+
+
+def make(shape, layout: str, dtype: torch.dtype, spread: float = 3.0) -> torch.Tensor:
+    x = (torch.randn(shape, dtype=torch.float64) * spread).to(dtype)
+    if layout == "nhwc":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x.to(DEV)
+
+
+def poisoned(x: torch.Tensor) -> torch.Tensor:
+    return torch.full_like(x, float("nan"))
+
+
+def reference(x: torch.Tensor, g: torch.Tensor, size, scale, beta, k, relu: bool, groups: int = 1):
+    """Output and input gradient in float64 through torch's own ops and autograd."""
+    xr = x.detach().double().cpu().requires_grad_()
+    a = torch.relu(xr) if relu else xr
+    if groups == 1:  # torch's own local_response_norm, independent of alexnet.layers' version
+        y = torch.nn.functional.local_response_norm(a, size, alpha=scale * size, beta=beta, k=k)
+    else:
+        y = response_norm(a, size, scale, beta, k, groups)
+    y.backward(g.detach().double().cpu())
+    return y.detach(), xr.grad
+
+
+def check(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, what: str) -> None:
+    assert out.dtype == dtype, what
+    assert torch.isfinite(out).all(), f"{what}: unwritten (NaN-poisoned) or non-finite elements"
+    err = rel_err(out.cpu(), ref)
+    assert err < TOL[dtype], f"{what}: relative error {err:.2e}"
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Small launch blocks, so even tiny tensors take several programs (and several tiles each)."""
+    if not CUDA:
+        monkeypatch.setitem(rn.CONFIG, "fwd_block", 256)
+        monkeypatch.setitem(rn.CONFIG, "bwd_block", 256)
+        monkeypatch.setitem(rn.CONFIG, "tile_elems", 256)
+        monkeypatch.setitem(rn.CONFIG, "tile_progs_per_sm", 1)
+
+
+def test_exports_the_kernel():
+    assert alexnet.kernels.fused_response_norm is not None
+    assert CUDA or rn.interpreting(), "CPU runs must go through Triton's interpreter"
+
+
+@pytest.mark.parametrize("shape", CPU_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("relu", [False, True], ids=["lrn", "relu_lrn"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_forward(layout, dtype, relu, shape, small_blocks):
+    size, scale, beta, k = params()
+    x = make(shape, layout, dtype)
+    ref, _ = reference(x, torch.randn(shape), size, scale, beta, k, relu)
+    out = poisoned(x)
+    y = rn.lrn_forward(x, size, scale, beta, k, relu, out=out)
+    assert y.data_ptr() == out.data_ptr()
+    check(y, ref, dtype, "forward")
+
+
+@pytest.mark.parametrize("shape", CPU_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("relu", [False, True], ids=["lrn", "relu_lrn"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout,variant", [("nchw", "flat"), ("nhwc", "flat"), ("nhwc", "tile")])
+def test_backward(layout, variant, dtype, relu, shape, small_blocks):
+    size, scale, beta, k = params()
+    x = make(shape, layout, dtype)
+    g = make(shape, layout, dtype, spread=1.0)
+    _, ref = reference(x, g, size, scale, beta, k, relu)
+    out = poisoned(x)
+    dx = rn.lrn_backward(x, g, size, scale, beta, k, relu, variant=variant, out=out)
+    assert dx.data_ptr() == out.data_ptr()
+    check(dx, ref, dtype, f"backward ({variant})")
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 7])
+@pytest.mark.parametrize("layout,variant", [("nchw", "flat"), ("nhwc", "flat"), ("nhwc", "tile")])
+def test_window_sizes(size, layout, variant, small_blocks):
+    """Even windows reach one channel further back than forward, as torch pads them."""
+    _, scale, beta, k = params()
+    shape = (2, 9, 3, 4)
+    x = make(shape, layout, torch.float32)
+    g = make(shape, layout, torch.float32, spread=1.0)
+    y_ref, dx_ref = reference(x, g, size, scale, beta, k, relu=True)
+    check(rn.lrn_forward(x, size, scale, beta, k, True, out=poisoned(x)), y_ref, torch.float32, "fwd")
+    dx = rn.lrn_backward(x, g, size, scale, beta, k, True, variant=variant, out=poisoned(x))
+    check(dx, dx_ref, torch.float32, "bwd")
+
+
+@pytest.mark.parametrize("groups,c", [(2, 14), (3, 15), (2, 96), (4, 8)])
+@pytest.mark.parametrize("layout,variant", [("nchw", "flat"), ("nhwc", "flat"), ("nhwc", "tile")])
+def test_groups(groups, c, layout, variant, small_blocks):
+    """The two-column network's normalisation: no window crosses into the next group."""
+    size, scale, beta, k = params()
+    size = random.choice([3, 4, 5])
+    shape = (2, c, 3, 5)
+    x = make(shape, layout, torch.float32)
+    g = make(shape, layout, torch.float32, spread=1.0)
+    y_ref, dx_ref = reference(x, g, size, scale, beta, k, True, groups)
+    y = rn.lrn_forward(x, size, scale, beta, k, True, groups, out=poisoned(x))
+    check(y, y_ref, torch.float32, "fwd")
+    dx = rn.lrn_backward(x, g, size, scale, beta, k, True, groups, variant=variant, out=poisoned(x))
+    check(dx, dx_ref, torch.float32, f"bwd {variant}")
+
+
+def test_groups_must_divide_channels():
+    x = make((1, 7, 3, 3), "nchw", torch.float32)
+    with pytest.raises(ValueError):
+        alexnet.kernels.fused_response_norm(x, 5, 0.1, 0.75, 2.0, groups=2)
+
+
+def test_module_uses_the_kernel_with_groups():
+    """alexnet.layers.ResponseNorm hands CUDA inputs (here: interpreter CPU inputs) to the kernel."""
+    x = make((2, 12, 4, 3), "nhwc", torch.bfloat16).requires_grad_()
+    y = alexnet.kernels.fused_response_norm(x, 5, 0.2, 0.75, 2.0, groups=2)
+    y_ref, dx_ref = reference(x, torch.ones(x.shape), 5, 0.2, 0.75, 2.0, False, 2)
+    check(y.detach(), y_ref, torch.bfloat16, "output")
+    y.float().sum().backward()
+    check(x.grad, dx_ref, torch.bfloat16, "gradient")
+    if CUDA:
+        norm = ResponseNorm(5, 0.2, 0.75, 2.0, groups=2)
+        check(norm(x.detach()), y_ref, torch.bfloat16, "module")
+
+
+def test_paper_constants_and_large_activations():
+    """The paper's k=2, alpha=1e-4 with activations large enough that the sum matters."""
+    shape = (2, 13, 5, 3)
+    x = make(shape, "nhwc", torch.float32, spread=60.0)
+    g = make(shape, "nhwc", torch.float32, spread=1.0)
+    y_ref, dx_ref = reference(x, g, 5, 1e-4, 0.75, 2.0, relu=True)
+    check(rn.lrn_forward(x, 5, 1e-4, 0.75, 2.0, True, out=poisoned(x)), y_ref, torch.float32, "fwd")
+    for variant in ("flat", "tile"):
+        dx = rn.lrn_backward(x, g, 5, 1e-4, 0.75, 2.0, True, variant=variant, out=poisoned(x))
+        check(dx, dx_ref, torch.float32, f"bwd {variant}")
+
+
+@pytest.mark.parametrize("relu", [False, True], ids=["lrn", "relu_lrn"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("strides", ["nchw", "nhwc", "permuted", "sliced"])
+def test_autograd_function(strides, dtype, relu, small_blocks):
+    """fused_response_norm through autograd, including inputs of neither dense layout."""
+    size, scale, beta, k = params()
+    if strides in ("nchw", "nhwc"):
+        x = make((2, 7, 5, 3), strides, dtype)
+    elif strides == "permuted":  # (N, C, H, W) view of an (N, W, C, H) tensor
+        x = make((2, 3, 7, 5), "nchw", dtype).permute(0, 2, 3, 1)
+    else:  # every other channel and column of a larger tensor
+        x = make((2, 14, 5, 6), "nhwc", dtype)[:, ::2, :, ::2]
+    assert x.shape == (2, 7, 5, 3)
+    x = x.detach().requires_grad_()
+    g = torch.randn(x.shape, dtype=torch.float64).to(dtype).to(DEV)
+    y_ref, dx_ref = reference(x, g, size, scale, beta, k, relu)
+    y = alexnet.kernels.fused_response_norm(x, size, scale, beta, k, relu=relu)
+    y.backward(g)
+    check(y.detach(), y_ref, dtype, "output")
+    assert x.grad.shape == x.shape
+    check(x.grad, dx_ref, dtype, "input gradient")
+    if strides == "nhwc":
+        assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_falls_back_to_reference_for_float64():
+    x = torch.randn(1, 7, 3, 2, dtype=torch.float64, requires_grad=True)
+    y = alexnet.kernels.fused_response_norm(x, 5, 0.2, 0.75, 2.0, relu=True)
+    torch.testing.assert_close(y, response_norm(torch.relu(x), 5, 0.2, 0.75, 2.0))
+    y.sum().backward()
+    assert x.grad is not None
+
+
+# ----------------------------------------------------------------------------------------------
+# GPU: the layer sizes of the paper's conv1 at a small batch; correctness only.
+
+
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("relu", [False, True], ids=["lrn", "relu_lrn"])
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float16], ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_gpu_conv1_size(layout, dtype, relu):
+    size, scale, beta, k = params()
+    groups = 2 if relu else 1  # the two-column network normalises each column's 48 maps
+    shape = (8, 96, 55, 55)
+    x = make(shape, layout, dtype)
+    g = make(shape, layout, dtype, spread=1.0)
+    y_ref, dx_ref = reference(x, g, size, scale, beta, k, relu, groups)
+    y = rn.lrn_forward(x, size, scale, beta, k, relu, groups, out=poisoned(x))
+    check(y, y_ref, dtype, "forward")
+    variants = ["flat", "tile"] if layout == "nhwc" else ["flat"]
+    for variant in variants:
+        dx = rn.lrn_backward(x, g, size, scale, beta, k, relu, groups, variant=variant,
+                             out=poisoned(x))
+        check(dx, dx_ref, dtype, f"backward ({variant})")
+
+
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("shape", [(3, 256, 27, 27), (2, 13, 13, 13), (1, 384, 13, 13)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_gpu_other_sizes(shape):
+    size, scale, beta, k = params()
+    for layout in LAYOUTS:
+        x = make(shape, layout, torch.bfloat16)
+        g = make(shape, layout, torch.bfloat16, spread=1.0)
+        y_ref, dx_ref = reference(x, g, size, scale, beta, k, True)
+        check(rn.lrn_forward(x, size, scale, beta, k, True, out=poisoned(x)), y_ref, x.dtype, "fwd")
+        for variant in (["flat", "tile"] if layout == "nhwc" else ["flat"]):
+            dx = rn.lrn_backward(x, g, size, scale, beta, k, True, variant=variant, out=poisoned(x))
+            check(dx, dx_ref, x.dtype, f"bwd {variant}")
+
+
+@gpu
+@needs_cuda
+def test_gpu_autocast_module():
+    """Under bf16 autocast the conv output is bf16; the layer keeps it bf16 and matches."""
+    conv = torch.nn.Conv2d(3, 96, 11, stride=4).cuda().to(memory_format=torch.channels_last)
+    norm = ResponseNorm(5, 1e-4, 0.75, 2.0, groups=2)
+    img = torch.randn(4, 3, 227, 227, device="cuda").to(memory_format=torch.channels_last)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        a = torch.relu(conv(img))
+        y = norm(a)
+        z = alexnet.kernels.fused_response_norm(conv(img), 5, 1e-4, 0.75, 2.0, relu=True)
+    assert y.dtype == torch.bfloat16 and z.dtype == torch.bfloat16
+    ref = response_norm(a.double(), 5, 1e-4, 0.75, 2.0, 2)
+    ref1 = response_norm(a.double(), 5, 1e-4, 0.75, 2.0)
+    assert rel_err(y, ref) < 1e-2 and rel_err(z, ref1) < 1e-2
+    (y.float().square().sum() + z.float().sum()).backward()
+    assert conv.weight.grad is not None and torch.isfinite(conv.weight.grad).all()
