@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import os
 import time
 
@@ -14,7 +13,8 @@ from alexnet.errors import CheckpointError, ConfigError
 from alexnet.models import build_model
 from alexnet.models.alexnet2012 import AlexNet2012Config
 from alexnet.optim import PaperSGD, param_groups
-from alexnet.parallel.columns import Column, TwoDeviceAlexNet, merge_state_dicts, split_state_dict
+from alexnet.parallel.columns import (Column, TwoDeviceAlexNet, load_named_optimizer_state, merge_state_dicts,
+                                      named_optimizer_state, split_state_dict)
 
 GROUPED_PARAMS = 60_965_224
 
@@ -108,10 +108,35 @@ def test_two_devices_on_cpu_equal_the_grouped_network_outputs_loss_gradients_and
     merged = merge_state_dicts(_grads(two.columns[0]), _grads(two.columns[1]))
     _assert_state_close(merged, _grads(grouped), rtol=1e-4, atol=1e-6)
 
-    # One step of the paper's rule on each gives the same weights.
-    PaperSGD(param_groups(grouped, "paper", 0.01)).step()
-    PaperSGD(param_groups(two, "paper", 0.01)).step()
+    # One step of the paper's rule on each gives the same weights and velocities.
+    opt_g, opt_t = PaperSGD(param_groups(grouped, "paper", 0.01)), PaperSGD(param_groups(two, "paper", 0.01))
+    opt_g.step()
+    opt_t.step()
     _assert_state_close(two.grouped_state_dict(), grouped.state_dict(), rtol=1e-5, atol=1e-6)
+    velocity = merge_state_dicts(*(named_optimizer_state(c, opt_t) for c in two.columns))
+    _assert_state_close(velocity, named_optimizer_state(grouped, opt_g), rtol=1e-4, atol=1e-8)
+    # ... and the grouped velocities load into the columns' optimizer (resuming across forms).
+    for column, half in zip(two.columns, split_state_dict(named_optimizer_state(grouped, opt_g))):
+        load_named_optimizer_state(column, opt_t, half)
+    assert torch.equal(opt_t.state[two.columns[1].fc6.weight]["velocity"],
+                       opt_g.state[grouped.fc6.weight]["velocity"][2048:])
+
+
+def test_torchrun_helpers_are_the_identity_without_torchrun(monkeypatch):
+    from alexnet import parallel
+    from alexnet.parallel import distributed as d
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert d.init_from_env() is False
+    assert (d.rank(), d.world_size(), d.is_main()) == (0, 1, True)
+    t = torch.tensor([2.0])
+    assert d.all_reduce_sum(t) is t and t.item() == 2.0
+    d.barrier()
+    d.cleanup()
+    assert parallel.TwoDeviceAlexNet is TwoDeviceAlexNet and callable(parallel.column_accounting)
+    with pytest.raises(ConfigError, match="process group"):
+        parallel.DistributedColumnAlexNet(AlexNet2012Config())
 
 
 def test_two_devices_train_mode_drops_each_half_on_its_own():
@@ -133,12 +158,19 @@ def test_two_columns_on_cuda_equal_the_grouped_network():
     devices = ("cuda:0", "cuda:1") if n >= 2 else ("cuda:0", "cuda:0")   # two GPUs, or two streams
     two = TwoDeviceAlexNet.from_grouped(grouped, devices)
     x, y = torch.randn(4, 3, 224, 224, device="cuda") * 50, torch.tensor([1, 2, 3, 4], device="cuda")
-    with torch.backends.cudnn.flags(enabled=True, deterministic=True, allow_tf32=False):
-        torch.backends.cuda.matmul.allow_tf32 = False
-        F.cross_entropy(grouped(x), y).backward()
-        out = two(x)
-        F.cross_entropy(out, y).backward()
-    torch.testing.assert_close(out, grouped(x), rtol=1e-4, atol=1e-4)
+    matmul_tf32 = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False             # full fp32 on both sides
+        with torch.backends.cudnn.flags(enabled=True, deterministic=True, allow_tf32=False):
+            logits = grouped(x)
+            F.cross_entropy(logits, y).backward()
+            out = two(x)
+            F.cross_entropy(out, y).backward()
+            torch.cuda.synchronize()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
+    assert out.device == torch.device(devices[0])
+    torch.testing.assert_close(out, logits, rtol=1e-4, atol=1e-4)
     merged = merge_state_dicts(_grads(two.columns[0]), _grads(two.columns[1]))
     _assert_state_close(merged, _grads(grouped), rtol=1e-3, atol=1e-5)
 
@@ -148,14 +180,16 @@ def test_two_columns_on_cuda_equal_the_grouped_network():
 
 
 def _distributed_worker(rank: int, store_path: str, recipe: str) -> None:
-    import torch.distributed as dist
-
+    from alexnet.parallel import distributed as d
     from alexnet.parallel.columns import DistributedColumnAlexNet
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", store=dist.FileStore(store_path, 2), rank=rank, world_size=2,
-                            timeout=datetime.timedelta(seconds=60))
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))   # as torchrun sets them
+    assert d.init_from_env("gloo", timeout_s=60, init_method=f"file://{store_path}")
     try:
+        assert d.rank() == rank and d.world_size() == 2 and d.is_main() == (rank == 0)
+        assert d.all_reduce_sum(torch.tensor([rank + 1.0])).item() == 3.0
+        d.barrier()
         torch.manual_seed(0)                      # the same grouped model and batch on both ranks
         grouped = build_model("alexnet2012", recipe=recipe, dropout=0.0)
         initial = {k: v.clone() for k, v in grouped.state_dict().items()}
@@ -178,6 +212,7 @@ def _distributed_worker(rank: int, store_path: str, recipe: str) -> None:
             torch.testing.assert_close(loss, loss_g, rtol=1e-6, atol=1e-6)
         else:
             assert out.shape == () and loss is out
+        torch.testing.assert_close(model.shared_loss(loss), loss_g.detach(), rtol=1e-6, atol=1e-6)
         opt = PaperSGD(param_groups(model, recipe, 0.01))
         opt.zero_grad()
         loss.backward()
@@ -190,7 +225,7 @@ def _distributed_worker(rank: int, store_path: str, recipe: str) -> None:
         else:
             assert merged is None
     finally:
-        dist.destroy_process_group()
+        d.cleanup()
 
 
 def _spawn(fn, args, nprocs: int = 2, timeout_s: float = 120.0) -> None:

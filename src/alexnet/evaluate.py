@@ -25,8 +25,7 @@ def crop_probabilities(nets: list[nn.Module], images_u8: torch.Tensor, mean: tor
     total = None
     for net, scale in zip(nets, input_scales):
         x = views(images_u8, mean, crop, crops, input_scale=scale)          # (B * crops, 3, crop, crop)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = net(x)
         p = logits.float().softmax(1).view(images_u8.shape[0], crops, -1).mean(1)

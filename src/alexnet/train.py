@@ -243,8 +243,15 @@ class StallDetector:
 
 
 def train(cfg: TrainConfig, log=print) -> dict:
-    """Train; returns the final metrics. Writes RUN/config.json, RUN/metrics.jsonl, checkpoints."""
-    cfg = resolve_config(cfg)
+    """Train; returns the final metrics. Writes RUN/config.json, RUN/metrics.jsonl, checkpoints.
+
+    SIGTERM or SIGINT at any time saves a checkpoint at the next step and returns cleanly.
+    """
+    with _Stop() as stop:
+        return _train(resolve_config(cfg), stop, log)
+
+
+def _train(cfg: TrainConfig, stop: _Stop, log) -> dict:
     dist = DistributedContext.from_env(cfg.device)
     if not dist.is_main:
         log = lambda *a, **k: None  # noqa: E731 - only rank 0 talks
@@ -287,8 +294,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
         model.load_state_dict(resume["model"])
     model.to(device)
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
+    # cuDNN is fastest channels_last; on the CPU, NCHW (channels_last grouped convs are slow there).
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format)
     amp_dtype = torch.bfloat16 if (cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")) else None
 
     # Batch sizes: the paper's 128 is global, split across processes, unless weak scaling is asked for.
@@ -356,7 +364,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     def snapshot(epoch, batch_in_epoch, completed_epochs):
         state = {
             "format_version": ckpt_io.FORMAT_VERSION, "alexnet_version": alexnet.__version__,
-            "torch_version": torch.__version__, "arch": cfg.arch, "model_options": model_options(model),
+            "torch_version": str(torch.__version__), "arch": cfg.arch, "model_options": model_options(model),
             "recipe": recipe, "model": {k: v.detach().cpu() for k, v in ckpt_io.unwrap(model).state_dict().items()},
             "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
             "epoch": epoch, "batch_in_epoch": batch_in_epoch, "completed_epochs": completed_epochs,
@@ -374,105 +382,103 @@ def train(cfg: TrainConfig, log=print) -> dict:
     metrics = {}
     last_save = time.monotonic()
     stopped_by = None
-    with _Stop() as stop:
-        for epoch in range(start_epoch, cfg.epochs):
-            loader = BatchLoader(train_split, global_batch, shuffle=True, seed=cfg.seed, epoch=epoch,
-                                 start_batch=start_batch if epoch == start_epoch else 0, drop_last=True,
-                                 device=device, rank=dist.rank, world_size=dist.world_size)
-            net.train()
-            t0 = time.perf_counter()
-            seen, loss_sum, err_sum, nb = 0, torch.zeros((), device=device), torch.zeros((), device=device), 0
-            bar = _progress(cfg.progress and dist.is_main, len(loader), f"epoch {epoch + 1}/{cfg.epochs}",
-                            initial=loader.start_batch)
-            batch_index = loader.start_batch
-            for images, labels in loader:
-                x = train_views(images, mean, eigvals, eigvecs, augment, aug_gen)
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    logits = step_net(x)
-                    loss = F.cross_entropy(logits.float(), labels)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                global_step += 1
-                batch_index += 1
-                nb += 1
-                seen += labels.numel() * dist.world_size
-                loss_d = loss.detach()
-                loss_sum += loss_d
-                err_sum += (logits.detach().argmax(1) != labels).float().mean()
+    for epoch in range(start_epoch, cfg.epochs):
+        loader = BatchLoader(train_split, global_batch, shuffle=True, seed=cfg.seed, epoch=epoch,
+                             start_batch=start_batch if epoch == start_epoch else 0, drop_last=True,
+                             device=device, rank=dist.rank, world_size=dist.world_size)
+        net.train()
+        t0 = time.perf_counter()
+        seen, loss_sum, err_sum, nb = 0, torch.zeros((), device=device), torch.zeros((), device=device), 0
+        bar = _progress(cfg.progress and dist.is_main, len(loader), f"epoch {epoch + 1}/{cfg.epochs}",
+                        initial=loader.start_batch)
+        batch_index = loader.start_batch
+        for images, labels in loader:
+            x = train_views(images, mean, eigvals, eigvecs, augment, aug_gen)
+            x = x.contiguous(memory_format=memory_format)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = step_net(x)
+                loss = F.cross_entropy(logits.float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            global_step += 1
+            batch_index += 1
+            nb += 1
+            seen += labels.numel() * dist.world_size
+            loss_d = loss.detach()
+            loss_sum += loss_d
+            err_sum += (logits.detach().argmax(1) != labels).float().mean()
 
-                loss_value = loss_d.item() if (global_step % 10 == 0 or stall.window < 100) else None
-                if loss_value is not None:
-                    if not math.isfinite(loss_value):
-                        raise TrainingDiverged(
-                            f"loss is {loss_value} at step {global_step} (epoch {epoch + 1}); "
-                            f"the last good checkpoint is kept in {keeper.last if keeper.last.exists() else run_dir}. "
-                            "Lower --lr, or check the data.")
-                    if stall.update(loss_value):
-                        raise TrainingDiverged(
-                            f"loss has stayed at ln({len(classes)}) = {stall.chance:.3f} (chance) for {stall.run} "
-                            f"checked steps up to step {global_step}: the network is not learning. With the paper's "
-                            "unit biases this is a known failure mode: try --unit-bias 0.1 or a lower --lr. "
-                            f"Checkpoint kept in {run_dir}.")
-                if bar is not None:
-                    bar.update(1)
-                    if global_step % 10 == 0:
-                        rate = seen / max(time.perf_counter() - t0, 1e-9)
-                        bar.set_postfix_str(f"loss {loss_d.item():.3f} {rate:,.0f} img/s lr {optimizer.param_groups[0]['lr']:g}")
-
-                if kill_at and global_step == kill_at:
-                    os.kill(os.getpid(), signal.SIGKILL)
-                due = (cfg.checkpoint_steps and global_step % cfg.checkpoint_steps == 0) or \
-                      (time.monotonic() - last_save > cfg.checkpoint_minutes * 60)
-                if stop.signal or due:
-                    done_epoch = batch_index >= len(loader)
-                    state = snapshot(epoch + 1 if done_epoch else epoch, 0 if done_epoch else batch_index, epoch)
-                    if dist.is_main:
-                        keeper.save(state)
-                    last_save = time.monotonic()
-                    if stop.signal:
-                        stopped_by = stop.signal
-                        break
-                if cfg.max_steps and global_step >= cfg.max_steps:
-                    break
+            loss_value = loss_d.item() if (global_step % 10 == 0 or stall.window < 100) else None
+            if loss_value is not None:
+                if not math.isfinite(loss_value):
+                    raise TrainingDiverged(
+                        f"loss is {loss_value} at step {global_step} (epoch {epoch + 1}); "
+                        f"the last good checkpoint is kept in {keeper.last if keeper.last.exists() else run_dir}. "
+                        "Lower --lr, or check the data.")
+                if stall.update(loss_value):
+                    raise TrainingDiverged(
+                        f"loss has stayed at ln({len(classes)}) = {stall.chance:.3f} (chance) for {stall.run} "
+                        f"checked steps up to step {global_step}: the network is not learning. With the paper's "
+                        "unit biases this is a known failure mode: try --unit-bias 0.1 or a lower --lr. "
+                        f"Checkpoint kept in {run_dir}.")
             if bar is not None:
-                bar.close()
-            if stopped_by:
-                log(f"{stopped_by}: saved {keeper.last}; continue with --resume")
-                break
+                bar.update(1)
+                if global_step % 10 == 0:
+                    rate = seen / max(time.perf_counter() - t0, 1e-9)
+                    bar.set_postfix_str(f"loss {loss_d.item():.3f} {rate:,.0f} img/s lr {optimizer.param_groups[0]['lr']:g}")
 
-            seconds = time.perf_counter() - t0
-            finished_epoch = batch_index >= len(loader)
-            val = evaluate_split(net, val_split, mean, cfg.crop, cfg.eval_crops, device, amp_dtype,
-                                 channels_last, input_scale(augment.pca_form), cfg.eval_batch_size, dist)
-            train_loss = dist.mean((loss_sum / max(nb, 1)).float())
-            train_err = dist.mean((err_sum / max(nb, 1)).float())
-            lr_now = optimizer.param_groups[0]["lr"]
-            metrics = {"epoch": epoch + 1, "step": global_step, "lr": lr_now, "train_loss": train_loss,
-                       "train_top1_error": train_err, "val_top1_error": val["top1_error"],
-                       "val_top5_error": val["top5_error"], "seconds": seconds,
-                       "images_per_second": seen / seconds if seconds > 0 else 0.0,
-                       "complete": finished_epoch}
-            is_best = val["top1_error"] < best_error
-            best_error = min(best_error, val["top1_error"])
-            if finished_epoch and schedule.should_drop(epoch + 1, val["top1_error"]):
-                schedule.drops += 1
-                new_lr = drop_learning_rate(optimizer, 10.0)
-                log(f"learning rate divided by 10 -> {new_lr:g} (drop {schedule.drops})")
-            state = snapshot(epoch + 1 if finished_epoch else epoch, 0 if finished_epoch else batch_index,
-                             epoch + 1 if finished_epoch else epoch)
-            if dist.is_main:
-                with open(run_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(metrics) + "\n")
-                keeper.save(state, epoch_end=finished_epoch, best=is_best)
-            last_save = time.monotonic()
-            log(f"epoch {epoch + 1}: train loss {train_loss:.4f} top-1 err {train_err:.4f} | val top-1 err "
-                f"{val['top1_error']:.4f} top-5 err {val['top5_error']:.4f} | {metrics['images_per_second']:,.0f} img/s, "
-                f"{seconds:.1f} s")
+            if kill_at and global_step == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            due = (cfg.checkpoint_steps and global_step % cfg.checkpoint_steps == 0) or \
+                  (time.monotonic() - last_save > cfg.checkpoint_minutes * 60)
+            if stop.signal or due:
+                done_epoch = batch_index >= len(loader)
+                state = snapshot(epoch + 1 if done_epoch else epoch, 0 if done_epoch else batch_index, epoch)
+                if dist.is_main:
+                    keeper.save(state)
+                last_save = time.monotonic()
+                if stop.signal:
+                    stopped_by = stop.signal
+                    break
             if cfg.max_steps and global_step >= cfg.max_steps:
                 break
+        if bar is not None:
+            bar.close()
+        if stopped_by:
+            log(f"{stopped_by}: saved {keeper.last}; continue with --resume")
+            break
+
+        seconds = time.perf_counter() - t0
+        finished_epoch = batch_index >= len(loader)
+        val = evaluate_split(net, val_split, mean, cfg.crop, cfg.eval_crops, device, amp_dtype,
+                             channels_last, input_scale(augment.pca_form), cfg.eval_batch_size, dist)
+        train_loss = dist.mean((loss_sum / max(nb, 1)).float())
+        train_err = dist.mean((err_sum / max(nb, 1)).float())
+        lr_now = optimizer.param_groups[0]["lr"]
+        metrics = {"epoch": epoch + 1, "step": global_step, "lr": lr_now, "train_loss": train_loss,
+                   "train_top1_error": train_err, "val_top1_error": val["top1_error"],
+                   "val_top5_error": val["top5_error"], "seconds": seconds,
+                   "images_per_second": seen / seconds if seconds > 0 else 0.0,
+                   "complete": finished_epoch}
+        is_best = val["top1_error"] < best_error
+        best_error = min(best_error, val["top1_error"])
+        if finished_epoch and schedule.should_drop(epoch + 1, val["top1_error"]):
+            schedule.drops += 1
+            new_lr = drop_learning_rate(optimizer, 10.0)
+            log(f"learning rate divided by 10 -> {new_lr:g} (drop {schedule.drops})")
+        state = snapshot(epoch + 1 if finished_epoch else epoch, 0 if finished_epoch else batch_index,
+                         epoch + 1 if finished_epoch else epoch)
+        if dist.is_main:
+            with open(run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+            keeper.save(state, epoch_end=finished_epoch, best=is_best)
+        last_save = time.monotonic()
+        log(f"epoch {epoch + 1}: train loss {train_loss:.4f} top-1 err {train_err:.4f} | val top-1 err "
+            f"{val['top1_error']:.4f} top-5 err {val['top5_error']:.4f} | {metrics['images_per_second']:,.0f} img/s, "
+            f"{seconds:.1f} s")
+        if cfg.max_steps and global_step >= cfg.max_steps:
+            break
 
     result = {"run": str(run_dir), "steps": global_step, "last": metrics, "stopped_by": stopped_by}
     if test_split is not None and not stopped_by:

@@ -44,9 +44,9 @@ CONFIG = {
     "bwd_block": 1024,
     "bwd_warps": 8,
     "bwd_nhwc": "tile",
-    "tile_elems": 1024,
+    "tile_elems": 512,
     "tile_warps": 8,
-    "tile_progs_per_sm": 8,
+    "tile_progs_per_sm": 16,
 }
 
 _INT32_MAX = 2**31 - 1

@@ -18,7 +18,7 @@ import importlib
 _NAMES = {
     "Column": "columns", "TwoDeviceAlexNet": "columns", "DistributedColumnAlexNet": "columns",
     "split_state_dict": "columns", "merge_state_dicts": "columns", "all_gather_cat": "columns",
-    "gather_cat": "columns",
+    "gather_cat": "columns", "named_optimizer_state": "columns", "load_named_optimizer_state": "columns",
     "column_accounting": "accounting", "format_accounting": "accounting",
     "init_from_env": "distributed", "is_main": "distributed", "barrier": "distributed",
     "cleanup": "distributed", "all_reduce_sum": "distributed",

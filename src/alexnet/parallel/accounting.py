@@ -17,8 +17,9 @@ run) for four arrangements of one training step on a global batch of `batch` ima
   FC layers model-parallel (each worker holds 1/N of the output features of fc6, fc7 and fc8, for
   the whole batch). Forward: all-gathers of the conv5 output (9,216 per image) into fc6, of the
   fc6 and fc7 outputs into fc7 and fc8, and of the logits for the softmax; backward: the matching
-  reduce-scatters (none for the logits: every worker has them all and takes its slice's gradient). A ring all-gather or reduce-scatter of a tensor of T bytes in all has each
-  worker send (N-1)/N T. Applied here to the 2012 network's layers.
+  reduce-scatters (none for the logits: every worker has them all and takes its slice's
+  gradient). A ring all-gather or reduce-scatter of a tensor of T bytes in all has each worker
+  send (N-1)/N T. Applied here to the 2012 network's layers.
 
 `bytes_per_step` sums what every device sends (forward + backward + gradient sync).
 
@@ -256,10 +257,11 @@ def format_accounting(acc: dict) -> str:
     row("total sent per step", lambda s: mb(s["comm"]["bytes_per_step"]))
     row("sent by the busiest device", lambda s: mb(s["comm"]["max_bytes_sent_by_one_device"]))
     row("parameters on device 0", lambda s: mb(s["per_device"][0]["param_bytes"]))
-    row("+ gradients + velocity", lambda s: mb(2 * s["per_device"][0]["param_bytes"]))
+    row("gradients + velocity on device 0", lambda s: mb(2 * s["per_device"][0]["param_bytes"]))
     row("activations saved (estimate)", lambda s: mb(s["per_device"][0]["activation_bytes"]))
     row("total on device 0", lambda s: mb(s["per_device"][0]["total_bytes"]))
-    ex = ", ".join(f"{e['point']} {e['elements_per_image_per_column']:,}" for e in acc["columns"]["exchanges"])
+    ex = ", ".join(f"{e['point']} {e['elements_per_image_per_column']:,}" + (" (column 1 -> 0)" if e["point"] == "fc8" else "")
+                   for e in acc["columns"]["exchanges"])
     lines.append(f"column exchange per image per column (values): {ex}; gradients return the same way")
     return "\n".join(lines)
 

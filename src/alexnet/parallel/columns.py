@@ -226,14 +226,48 @@ def merge_state_dicts(sd0: Mapping[str, torch.Tensor], sd1: Mapping[str, torch.T
     return out
 
 
+def named_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer, key: str = "velocity") -> OrderedDict:
+    """`{parameter name: optimizer.state[p][key]}` for `module`'s parameters that have it (PaperSGD's
+    velocity). Shaped like a state dict, so `split_state_dict` / `merge_state_dicts` convert it:
+    e.g. `merge_state_dicts(named_optimizer_state(two.columns[0], opt), named_optimizer_state(two.columns[1], opt))`."""
+    return OrderedDict((name, optimizer.state[p][key]) for name, p in module.named_parameters()
+                       if key in optimizer.state.get(p, {}))
+
+
+@torch.no_grad()
+def load_named_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer,
+                               named: Mapping[str, torch.Tensor], key: str = "velocity") -> None:
+    """The inverse of `named_optimizer_state`: set `optimizer.state[p][key]` from a by-name dict."""
+    params = dict(module.named_parameters())
+    unknown = sorted(set(named) - set(params))
+    if unknown:
+        raise CheckpointError(f"optimizer state for unknown parameters {', '.join(unknown[:5])}")
+    for name, value in named.items():
+        p = params[name]
+        if value.shape != p.shape:
+            raise CheckpointError(f"{name}: optimizer state of shape {tuple(value.shape)}, parameter {tuple(p.shape)}")
+        optimizer.state[p][key] = value.detach().to(p.device, p.dtype).clone()
+
+
 # --------------------------------------------------------------------------------------------
 # Both columns in one process
 
 
-def _default_devices() -> tuple[str, str]:
-    if torch.cuda.is_available():
-        return ("cuda:0", "cuda:1") if torch.cuda.device_count() >= 2 else ("cuda:0", "cuda:0")
-    return ("cpu", "cpu")
+def _two_devices(devices: Sequence | None) -> tuple[torch.device, torch.device]:
+    if devices is None:
+        if torch.cuda.is_available():
+            devices = ("cuda:0", "cuda:1") if torch.cuda.device_count() >= 2 else ("cuda:0", "cuda:0")
+        else:
+            devices = ("cpu", "cpu")
+    devs = tuple(torch.device(d) for d in devices)
+    if len(devs) != 2:
+        raise ConfigError(f"two devices, one per column, not {len(devs)}")
+    return devs
+
+
+def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """An explicit inter-column copy (asynchronous only into CUDA memory, where it is safe)."""
+    return t.to(device, non_blocking=device.type == "cuda")
 
 
 class TwoDeviceAlexNet(nn.Module):
@@ -258,26 +292,20 @@ class TwoDeviceAlexNet(nn.Module):
         super().__init__()
         cfg = _config(config, options)
         self.config = cfg
-        devs = tuple(torch.device(d) for d in (devices or _default_devices()))
-        if len(devs) != 2:
-            raise ConfigError(f"two devices, one per column, not {len(devs)}")
-        self.devices = devs
+        devs = _two_devices(devices)
         self.columns = nn.ModuleList([Column(cfg, i).to(d) for i, d in enumerate(devs)])
-        self._streams = self._make_streams()
+        self._stream_cache: tuple = (None, None)
 
     # -- conversion ---------------------------------------------------------------------------
     @classmethod
     def from_grouped(cls, model: AlexNet2012, devices: Sequence | None = None) -> "TwoDeviceAlexNet":
         """A two-column copy of a grouped `AlexNet2012` (weights split; train/eval mode kept)."""
+        devs = _two_devices(devices)
         with torch.device("meta"):                  # no random init: the weights come from `model`
             out = cls(model.config, ("meta", "meta"))
-        out.devices = tuple(torch.device(d) for d in (devices or _default_devices()))
-        if len(out.devices) != 2:
-            raise ConfigError(f"two devices, one per column, not {len(out.devices)}")
-        for column, half, device in zip(out.columns, split_state_dict(model.state_dict()), out.devices):
+        for column, half, device in zip(out.columns, split_state_dict(model.state_dict()), devs):
             column.to_empty(device=device)
             column.load_state_dict(half)
-        out._streams = out._make_streams()
         return out.train(model.training)
 
     def to_grouped(self, device=None) -> AlexNet2012:
@@ -288,11 +316,20 @@ class TwoDeviceAlexNet(nn.Module):
         model.load_state_dict(self.grouped_state_dict())
         return model.train(self.training)
 
-    def _make_streams(self):
+    @property
+    def devices(self) -> tuple[torch.device, torch.device]:
+        """Where the columns are now (read from their weights, so `.to()` keeps it true)."""
+        return tuple(c.conv1.weight.device for c in self.columns)
+
+    @property
+    def _streams(self):
+        """Two CUDA streams when both columns share one CUDA device, else None."""
         d0, d1 = self.devices
-        if d0 == d1 and d0.type == "cuda":
-            return [torch.cuda.Stream(device=d0) for _ in range(2)]
-        return None
+        if d0 != d1 or d0.type != "cuda":
+            return None
+        if self._stream_cache[0] != d0:
+            self._stream_cache = (d0, [torch.cuda.Stream(device=d0) for _ in range(2)])
+        return self._stream_cache[1]
 
     def grouped_state_dict(self) -> OrderedDict:
         return merge_state_dicts(self.columns[0].state_dict(), self.columns[1].state_dict())
@@ -314,31 +351,32 @@ class TwoDeviceAlexNet(nn.Module):
     # -- the forward pass ---------------------------------------------------------------------
     def _both(self, fns, inputs):
         """Run fns[i](inputs[i]) for both columns: on two streams when they share a CUDA device."""
-        if self._streams is None:
+        streams = self._streams
+        if streams is None:
             return [f(x) for f, x in zip(fns, inputs)]
         current = torch.cuda.current_stream(self.devices[0])
         outs = []
-        for stream, f, x in zip(self._streams, fns, inputs):
+        for stream, f, x in zip(streams, fns, inputs):
             stream.wait_stream(current)
             with torch.cuda.stream(stream):
                 x.record_stream(stream)
                 outs.append(f(x))
-        for stream, y in zip(self._streams, outs):
+        for stream, y in zip(streams, outs):
             current.wait_stream(stream)
             y.record_stream(current)
         return outs
 
     def _exchange(self, halves: list[torch.Tensor]) -> list[torch.Tensor]:
         """Each column's input from both columns: [cat(h0, h1) on device 0, cat(h0, h1) on device 1]."""
-        return [torch.cat([h.to(d, non_blocking=True) for h in halves], dim=1) for d in self.devices]
+        return [torch.cat([_to(h, d) for h in halves], dim=1) for d in self.devices]
 
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
         """fc7 after ReLU, before dropout, both columns concatenated on devices[0]: (N, 4096)."""
-        return torch.cat([h.to(self.devices[0]) for h in self._hidden_halves(x)], dim=1)
+        return torch.cat([_to(h, self.devices[0]) for h in self._hidden_halves(x)], dim=1)
 
     def _hidden_halves(self, x: torch.Tensor) -> list[torch.Tensor]:
         c0, c1 = self.columns
-        a = self._both([c0.stem, c1.stem], [x.to(d, non_blocking=True) for d in self.devices])
+        a = self._both([c0.stem, c1.stem], [_to(x, d) for d in self.devices])
         b = self._both([c0.middle, c1.middle], self._exchange(a))                  # conv3
         b = [t.flatten(1) for t in b]
         h = self._both([c0.fc6_stage, c1.fc6_stage], self._exchange(b))            # fc6
@@ -346,7 +384,7 @@ class TwoDeviceAlexNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = [c.drop7(t) for c, t in zip(self.columns, self._hidden_halves(x))]
-        both = torch.cat([h[0], h[1].to(self.devices[0], non_blocking=True)], dim=1)  # fc8
+        both = torch.cat([h[0], _to(h[1], self.devices[0])], dim=1)                 # fc8
         return self.columns[0].fc8(both)
 
 
@@ -381,7 +419,7 @@ class _AllGatherCat(torch.autograd.Function):
     def backward(ctx, grad):
         dist = _dist()
         chunks = [g.contiguous() for g in grad.chunk(ctx.world, dim=1)]
-        if dist.get_backend(ctx.group) == "nccl":
+        if grad.is_cuda and "nccl" in str(dist.get_backend(ctx.group)):
             out = torch.empty_like(chunks[ctx.rank])
             dist.reduce_scatter(out, chunks, group=ctx.group)
             return out, None
@@ -455,7 +493,9 @@ class DistributedColumnAlexNet(Column):
         out = model(x)                  # x: the same batch on both ranks
         loss = model.loss(out, y)       # rank 0: cross-entropy; rank 1: the placeholder
         opt.zero_grad(); loss.backward(); opt.step()     # on both ranks
-        # log loss.item() on rank 0 only (rank 1's is 0.0)
+        # log loss.item() on rank 0 only (rank 1's is 0.0), or model.shared_loss(loss) on both
+
+    Evaluation is the same forward under `torch.no_grad()` on both ranks; rank 0 scores the logits.
 
     On rank 1, `loss.backward()` starts at the placeholder: the gradient it carries is ignored and
     its backward receives rank 1's fc7 gradient from rank 0 (the scatter), then runs the same
@@ -498,6 +538,14 @@ class DistributedColumnAlexNet(Column):
         backward on."""
         return criterion(out, target) if self.is_root else out
 
+    def shared_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """Collective: rank 0's loss value (detached) on both ranks, for logging or divergence checks."""
+        dist = _dist()
+        value = loss.detach().reshape(()).clone()
+        src = dist.get_global_rank(self.group, 0) if self.group is not None else 0
+        dist.broadcast(value, src=src, group=self.group)
+        return value
+
     def broadcast_batch(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Give rank 1 rank 0's batch (in place; same shapes and dtypes needed on both ranks)."""
         dist = _dist()
@@ -528,4 +576,5 @@ class DistributedColumnAlexNet(Column):
 
 
 __all__ = ["COLUMN0_LAYERS", "Column", "DistributedColumnAlexNet", "EXCHANGE_LAYERS", "SPLIT_LAYERS",
-           "TwoDeviceAlexNet", "all_gather_cat", "gather_cat", "merge_state_dicts", "split_state_dict"]
+           "TwoDeviceAlexNet", "all_gather_cat", "gather_cat", "load_named_optimizer_state", "merge_state_dicts",
+           "named_optimizer_state", "split_state_dict"]

@@ -23,8 +23,12 @@ def under_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def init_from_env(backend: str | None = None, timeout_s: float = 600.0) -> bool:
-    """Start the process group from torchrun's environment; True if one is (now) running."""
+def init_from_env(backend: str | None = None, timeout_s: float = 600.0, init_method: str | None = None) -> bool:
+    """Start the process group from torchrun's environment; True if one is (now) running.
+
+    `init_method` defaults to torchrun's `env://` (MASTER_ADDR, MASTER_PORT); a `file://` path
+    works without a port.
+    """
     if _active():
         return True
     if not under_torchrun() or not dist.is_available():
@@ -34,8 +38,8 @@ def init_from_env(backend: str | None = None, timeout_s: float = 600.0) -> bool:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(local)
-    dist.init_process_group(backend, rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]),
-                            timeout=datetime.timedelta(seconds=timeout_s))
+    dist.init_process_group(backend, init_method=init_method, rank=int(os.environ["RANK"]),
+                            world_size=int(os.environ["WORLD_SIZE"]), timeout=datetime.timedelta(seconds=timeout_s))
     return True
 
 
