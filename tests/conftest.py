@@ -53,3 +53,43 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("shared data folder not present")
     return SHARED_DATA
+
+
+# ============================================================================ run fixtures
+# (tests/test_evaluate.py, tests/test_real_data.py)
+
+
+@pytest.fixture(scope="session")
+def shapes_prepared(tmp_path_factory) -> Path:
+    """A small prepared copy of the embedded synthetic dataset (train/test, 32x32)."""
+    from alexnet.data.prepare import prepare
+    from alexnet.data.synthetic import make_shapes
+
+    root = tmp_path_factory.mktemp("shapes-prepared")
+    src = make_shapes(root / "src", n_train_per_class=30, n_test_per_class=8)
+    return prepare(src, root / "prepared", size=32, workers=1, progress=False)
+
+
+@pytest.fixture(scope="session")
+def trained_run(shapes_prepared, tmp_path_factory) -> Path:
+    """A run directory of cifar-fig1 trained for one epoch on the synthetic shapes."""
+    from alexnet.train import TrainConfig, train
+
+    run = tmp_path_factory.mktemp("trained") / "run"
+    train(TrainConfig(data=str(shapes_prepared), out=str(run), arch="cifar-fig1", epochs=1, batch_size=32,
+                      progress=False, test_crops=(1,), seed=1), log=lambda *a: None)
+    return run
+
+
+@pytest.fixture(scope="session")
+def cifar10(tmp_path_factory) -> Path:
+    """The real CIFAR-10 (JPEG class folders) extracted once per test session; skipped without ../shared."""
+    import tarfile
+
+    archive = SHARED_DATA / "cifar10-jpeg.tar.gz"
+    if not archive.is_file():
+        pytest.skip("shared CIFAR-10 archive not present")
+    root = tmp_path_factory.mktemp("cifar10")
+    with tarfile.open(archive) as tar:
+        tar.extractall(root, filter="data")
+    return root / "cifar10-jpeg"

@@ -130,3 +130,76 @@ def test_init_from_reinitialises_a_mismatched_classifier(shapes, tmp_path):
     train(tiny(shapes, tmp_path / "ft", init_from=str(tmp_path / "seven.pth"), epochs=1), log=messages.append)
     text = "\n".join(map(str, messages))
     assert "re-initialised" in text and "fc4.weight" in text
+
+
+# ----------------------------------------------------------------------------------------------
+# --parallel columns in one process (the paper's two columns; here both on the CPU)
+
+
+@pytest.fixture(scope="session")
+def shapes224(tmp_path_factory) -> Path:
+    """One synthetic image per class and split, prepared at 224 (alexnet2012's crop)."""
+    from alexnet.data.prepare import prepare
+    from alexnet.data.synthetic import make_shapes
+
+    root = tmp_path_factory.mktemp("shapes224")
+    src = make_shapes(root / "src", n_train_per_class=1, n_test_per_class=1)
+    return prepare(src, root / "prepared", size=224, workers=1, progress=False)
+
+
+def _close(a: dict, b: dict, **tol) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], msg=lambda m, k=k: f"{k}: {m}", **tol)
+
+
+def _velocities(ckpt: dict) -> dict:
+    return {i: s["velocity"] for i, s in ckpt["optimizer"]["state"].items()}
+
+
+@pytest.mark.slow
+def test_a_columns_run_trains_like_the_grouped_network_and_its_checkpoint_serves_both_forms(shapes224, tmp_path,
+                                                                                               capsys):
+    from alexnet import cli
+    from alexnet.checkpoint import model_from_checkpoint
+
+    base = dict(data=str(shapes224), arch="alexnet2012", arch_options={"dropout": 0.0}, epochs=1, batch_size=4,
+                max_steps=2, progress=False, device="cpu", test_crops=(1,), keep_checkpoints=0, lr=0.001)
+    col, grp = tmp_path / "columns", tmp_path / "grouped"
+    messages = []
+    train(TrainConfig(out=str(col), parallel="columns", memory_cap_gb=3.0, **base), log=messages.append)
+    text = "\n".join(map(str, messages))
+    assert "column 0 on cpu, column 1 on cpu" in text and "columns exchange per step" in text
+    assert "memory cap: ignored (not on CUDA)" in text and "memory per device" in text
+    parallel = json.loads((col / "config.json").read_text())["parallel"]
+    assert parallel["form"] == "columns" and parallel["exchanged_per_step"]["backward_bytes"] > 0
+    train(TrainConfig(out=str(grp), **base), log=lambda *a: None)
+
+    # Same weights and velocities as the grouped network after two steps (no dropout: its masks
+    # are drawn per column by design). The checkpoint is the grouped form.
+    c, g = load_checkpoint(col / "last.pt"), load_checkpoint(grp / "last.pt")
+    _close(c["model"], g["model"], rtol=1e-4, atol=1e-5)
+    _close(_velocities(c), _velocities(g), rtol=1e-4, atol=1e-6)
+    assert type(model_from_checkpoint(c)).__name__ == "AlexNet2012"
+    assert cli.main(["eval", "--checkpoint", str(col / "last.pt"), "--data", str(shapes224), "--split", "test",
+                     "--crops", "1", "--device", "cpu", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["images"] == 10
+
+    # Either form resumes the other's checkpoint, at the same position with the same velocities.
+    more = base | {"epochs": 2, "max_steps": None}
+    assert train(TrainConfig(out=str(col), resume=True, **more), log=lambda *a: None)["steps"] == 4
+    assert train(TrainConfig(out=str(grp), resume=True, parallel="columns", **more), log=lambda *a: None)["steps"] == 4
+    c, g = load_checkpoint(col / "last.pt"), load_checkpoint(grp / "last.pt")
+    assert c["parallel"] == "data" and g["parallel"] == "columns"
+    _close(c["model"], g["model"], rtol=1e-4, atol=1e-5)
+    _close(_velocities(c), _velocities(g), rtol=1e-4, atol=1e-6)
+
+
+def test_columns_need_the_two_column_network(shapes, tmp_path):
+    from alexnet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="alexnet2012"):
+        train(tiny(shapes, tmp_path / "x", parallel="columns"), log=lambda *a: None)
+    with pytest.raises(ConfigError, match="batch-per-process"):
+        train(TrainConfig(data=str(shapes), out=str(tmp_path / "y"), parallel="columns", batch_per_process=8),
+              log=lambda *a: None)

@@ -144,6 +144,125 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiment(args: argparse.Namespace) -> int:
+    common = dict(data=args.data, epochs=args.epochs, seeds=args.seeds, batch_size=args.batch_size,
+                  train_images=args.train_images, test_images=args.test_images, device=args.device,
+                  precision=args.precision, jobs=args.jobs, plan=args.plan)
+    common = {k: v for k, v in common.items() if v is not None}
+    if args.out:
+        common["out"] = args.out
+    if args.which == "relu-vs-tanh":
+        from alexnet.experiments.relu_vs_tanh import ReluTanhConfig, run_relu_vs_tanh
+
+        extra = dict(lrs=args.lrs, relu_lrs=args.relu_lrs, tanh_lrs=args.tanh_lrs, sweep_epochs=args.sweep_epochs,
+                     threshold=args.threshold)
+        run_relu_vs_tanh(ReluTanhConfig(**common, **{k: v for k, v in extra.items() if v is not None}))
+    else:
+        from alexnet.experiments.ablations import AblationConfig, run_ablations
+
+        extra = dict(arch=args.arch, variants=args.variants, lr=args.lr)
+        run_ablations(AblationConfig(**common, **{k: v for k, v in extra.items() if v is not None}))
+    return 0
+
+
+def cmd_figures(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from alexnet import figures
+    from alexnet.checkpoint import load_checkpoint, model_from_checkpoint
+    from alexnet.train import resolve_device
+
+    ckpt = load_checkpoint(args.checkpoint)
+    model = model_from_checkpoint(ckpt).eval()
+    out = Path(args.out or Path(args.checkpoint).parent / f"{args.which}.png")
+    title = f"{Path(args.checkpoint).parent.name}/{Path(args.checkpoint).name}: {ckpt['arch']}"
+    if args.which == "kernels":
+        _, report = figures.kernels_figure(model, out, title)
+        for c in report["columns"]:
+            print(f"column {c['column']}: {c['kernels']} kernels, colour specificity {c['colour_specificity']:.3f} "
+                  f"(sd {c['colour_specificity_sd']:.3f}; {c['colour_specific_kernels']} above 0.5)")
+        print("(share of kernel energy outside the grey direction: 0 grey, 1 purely chromatic, ~0.67 random)")
+    else:
+        dev = resolve_device(args.device)
+        with figures.open_data(args.data, ckpt["image_size"]) as data:
+            if args.which == "predictions":
+                preds = figures.predictions(model, ckpt, data, args.split, args.images, args.crops, args.seed, dev)
+                figures.predictions_figure(preds, out, title)
+                for p in preds:
+                    top = ", ".join(f"{t['name']} {100 * t['probability']:.1f}%" for t in p["top"])
+                    print(f"{p['split']}[{p['index']}] {p['label_name']}: {top}")
+            else:
+                result = figures.nearest_neighbours(model, ckpt, data, args.split, args.queries, args.k,
+                                                    args.max_train or None, args.seed, dev)
+                figures.neighbours_figure(result, out)
+                print(f"searched {result['searched']:,} of {result['train_images']:,} training images by "
+                      f"{result['dimensions']}-d fc7 codes; neighbours of the same class: "
+                      f"{100 * result['same_class_fraction']:.0f}%")
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from alexnet.report import build_report
+
+    build_report(args.run, args.out, args.data, args.device, args.max_train or None)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from alexnet.bench import BenchConfig, main as bench_main
+
+    if args.small and args.device == "auto":
+        args.device = "cpu"
+    log = (lambda *a, **k: print(*a, file=sys.stderr, flush=True)) if args.json else \
+        (lambda *a, **k: print(*a, flush=True))
+    cfg = BenchConfig(device=args.device, small=args.small, batches=tuple(args.batch) if args.batch else None,
+                      steps=args.steps, repeats=args.repeats, warmup=args.warmup, compile=args.compile,
+                      compile_mode=args.compile_mode, reference=args.reference, fast=args.fast,
+                      eval_batch=args.eval_batch, data=args.data, replicate_to=args.replicate_to,
+                      e2e_batches=tuple(args.e2e_batch) if args.e2e_batch else None, e2e_steps=args.e2e_steps,
+                      threads=args.threads, workdir=args.workdir, cold=args.cold,
+                      rows=tuple(args.rows) if args.rows else ("train", "infer", "tencrop", "e2e"),
+                      profile=args.profile, log=None if args.quiet else log)
+    try:
+        bench_main(cfg, as_json=args.json, json_out=args.json_out)
+    except ValueError as e:
+        print(f"alexnet bench: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def add_bench_parser(sub) -> None:
+    p = sub.add_parser("bench", help="training/inference throughput of alexnet2012 beside torchvision's alexnet, "
+                                     "ten-crop evaluation and end-to-end training from prepared data")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--small", action="store_true", help="tiny batches and few steps, no compile (CI on the CPU)")
+    p.add_argument("--batch", type=int, nargs="+", help="batch sizes (default 128 256)")
+    p.add_argument("--steps", type=int, help="timed steps per run (default 20)")
+    p.add_argument("--repeats", type=int, help="timed runs; the median counts (default 5)")
+    p.add_argument("--warmup", type=int, help="untimed steps first (default 10)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile both networks (default: on CUDA)")
+    p.add_argument("--compile-mode", help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
+    p.add_argument("--reference", action="store_true", help="alexnet2012 on its plain layers (impl=reference)")
+    p.add_argument("--fast", help="alexnet.fastconv options, e.g. conv1=s2d,conv2=blockdiag,relu_lrn=1")
+    p.add_argument("--rows", nargs="+", choices=["train", "infer", "tencrop", "e2e"],
+                   help="what to measure (default: all)")
+    p.add_argument("--eval-batch", type=int, help="images per ten-crop batch (default 128)")
+    p.add_argument("--data", help="an `alexnet prepare` folder for the end-to-end row (default: synthetic images)")
+    p.add_argument("--replicate-to", type=int, help="repeat its train split to this many images first")
+    p.add_argument("--e2e-batch", type=int, nargs="+", help="end-to-end batch sizes (default: --batch)")
+    p.add_argument("--e2e-steps", type=int, help="timed loader-fed steps (default 300)")
+    p.add_argument("--threads", type=int, help="loader threads")
+    p.add_argument("--workdir", help="keep made or replicated data here (default: a temporary folder)")
+    p.add_argument("--cold", action="store_true", help="drop the data file from the page cache first")
+    p.add_argument("--profile", action="store_true", help="GPU time per op category of one train step")
+    p.add_argument("--json", action="store_true", help="print the results as JSON (progress to stderr)")
+    p.add_argument("--json-out", help="also write the JSON results to this file")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=cmd_bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from alexnet import __version__
 
@@ -183,12 +302,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--val-split")
     g.add_argument("--val-fraction", type=float, help="held out of train when there is no val split")
     g.add_argument("--eval-crops", type=int, choices=[1, 10])
+    g.add_argument("--eval-batch-size", type=int, help="images per evaluation batch and process (default 256)")
     r = p.add_argument_group("running")
     r.add_argument("--device", choices=["auto", "cpu", "cuda"])
     r.add_argument("--precision", choices=["auto", "bf16", "fp32"])
     r.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     r.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
-    r.add_argument("--parallel", choices=["data", "columns"])
+    r.add_argument("--parallel", choices=["data", "columns"],
+                   help="data: one device, or DDP under torchrun; columns: alexnet2012's two columns on two "
+                        "devices (two GPUs, one GPU's two streams, or two torchrun processes)")
+    r.add_argument("--memory-cap-gb", type=float,
+                   help="CUDA: cap this process's allocator at this many GiB (the GTX 580's 3)")
     r.add_argument("--seed", type=int)
     r.add_argument("--deterministic", action="store_true", default=None)
     r.add_argument("--max-steps", type=int)
@@ -238,6 +362,66 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["safetensors", "onnx"], required=True)
     p.add_argument("--out")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("experiment", help="the paper's experiments: relu-vs-tanh (Figure 1), ablations")
+    which = p.add_subparsers(dest="which", required=True)
+    for name, text in (("relu-vs-tanh", "Figure 1: epochs to 25%% training error, ReLU vs tanh (cifar-fig1)"),
+                       ("ablations", "each of the paper's choices switched off: test error over seeds")):
+        e = which.add_parser(name, help=text)
+        e.add_argument("--data", required=True, help="image folders or an `alexnet prepare` output")
+        e.add_argument("--out", help="output directory (default runs/relu-vs-tanh or runs/ablations)")
+        e.add_argument("--epochs", type=int)
+        e.add_argument("--seeds", type=int, nargs="+")
+        e.add_argument("--batch-size", type=int)
+        e.add_argument("--train-images", type=int, help="a class-balanced subset of train (small budgets)")
+        e.add_argument("--test-images", type=int, help="a class-balanced subset of test/val")
+        e.add_argument("--device", choices=["auto", "cpu", "cuda"])
+        e.add_argument("--precision", choices=["auto", "bf16", "fp32"])
+        e.add_argument("--jobs", type=int, help="runs at once, in separate processes (pays on a GPU)")
+        e.add_argument("--plan", action="store_true", help="print the budget table and stop")
+        if name == "relu-vs-tanh":
+            e.add_argument("--lrs", type=float, nargs="+", help="learning-rate sweep grid (one value: no sweep)")
+            e.add_argument("--relu-lrs", type=float, nargs="+")
+            e.add_argument("--tanh-lrs", type=float, nargs="+")
+            e.add_argument("--sweep-epochs", type=int)
+            e.add_argument("--threshold", type=float, help="training error to reach (paper: 0.25)")
+        else:
+            e.add_argument("--arch", help="cifar-alexnet (default) or alexnet2012")
+            e.add_argument("--variants", nargs="+", help="baseline no-response-norm non-overlapping-pool no-dropout "
+                                                         "no-pca-noise one-column")
+            e.add_argument("--lr", type=float)
+    p.set_defaults(func=cmd_experiment)
+
+    p = sub.add_parser("figures", help="the paper's Figures 3 and 4 for a checkpoint")
+    which = p.add_subparsers(dest="which", required=True)
+    for name, text in (("kernels", "Figure 3: conv1 kernels per column and their colour specificity"),
+                       ("predictions", "Figure 4: test images with their top-5 predictions"),
+                       ("neighbours", "Figure 4: test images with the six nearest training images by fc7")):
+        f = which.add_parser(name, help=text)
+        f.add_argument("--checkpoint", required=True)
+        f.add_argument("--out", help="PNG path (default: beside the checkpoint)")
+        if name != "kernels":
+            f.add_argument("--data", required=True, help="image folders or an `alexnet prepare` output")
+            f.add_argument("--split", help="default: test, else val")
+            f.add_argument("--seed", type=int, default=0, help="which images are shown")
+            f.add_argument("--device", default="auto")
+        if name == "predictions":
+            f.add_argument("--images", type=int, default=8)
+            f.add_argument("--crops", type=int, choices=[1, 10], default=10)
+        if name == "neighbours":
+            f.add_argument("--queries", type=int, default=5)
+            f.add_argument("--k", type=int, default=6)
+            f.add_argument("--max-train", type=int, default=10000, help="training images searched (0: all)")
+    p.set_defaults(func=cmd_figures)
+
+    p = sub.add_parser("report", help="one self-contained HTML page for a training run")
+    p.add_argument("run")
+    p.add_argument("--out", help="default RUN/report.html")
+    p.add_argument("--data", help="the run's data, when config.json's data.source is not reachable")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--max-train", type=int, default=10000, help="training images searched for neighbours (0: all)")
+    p.set_defaults(func=cmd_report)
+    add_bench_parser(sub)
     return parser
 
 

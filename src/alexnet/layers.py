@@ -117,7 +117,8 @@ class Overhang(nn.Module):
         self.kernel, self.stride = kernel, stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
+        # Plain ints: an exported graph gets constant pads for its fixed input size.
+        h, w = int(x.shape[-2]), int(x.shape[-1])
         pad_h = overhang(h, self.kernel, self.stride)
         pad_w = overhang(w, self.kernel, self.stride)
         if pad_h == 0 and pad_w == 0:

@@ -14,6 +14,11 @@ the same number of batches, ``len(loader)``.
 Images come as uint8 ``(b, 3, S, S)`` channels_last (a permute of the stored HWC data), labels
 as int64, both on ``device``. On CUDA the batch is read into pinned memory and copied on a side
 stream ahead of use; the consumer's stream waits for the copy.
+
+Reading: a raw-encoded prepared split is read with one ``pread`` per image straight into the
+(pinned) batch buffer, by ``threads`` threads (the system call releases the GIL; no memory map, so
+no page faults over a file of hundreds of GB). Other splits (JPEG-encoded, or any object with
+``read(indices, out)``) go through their own ``read``. ``reader="split"`` forces the latter.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
 
 __all__ = ["BatchLoader", "num_batches", "epoch_order", "SEED_STRIDE"]
@@ -50,6 +56,52 @@ def shard_bounds(b: int, rank: int, world_size: int) -> tuple[int, int]:
     q, r = divmod(b, world_size)
     lo = rank * q + min(rank, r)
     return lo, lo + q + (1 if rank < r else 0)
+
+
+def default_threads() -> int:
+    """Reader threads: 8 where there are 8 cores or more, else one per core."""
+    return min(8, os.cpu_count() or 1)
+
+
+class _RawFile:
+    """pread-based reader of a raw prepared split: row i of the (N, S, S, 3) uint8 file at i*S*S*3."""
+
+    def __init__(self, split):
+        self.row = split.size * split.size * 3
+        self.index = getattr(split, "_index", None)   # a subset's positions in the stored split
+        self.path = split.path
+        self.fd = os.open(self.path, os.O_RDONLY)
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_RANDOM)  # no read-ahead for random rows
+
+    @classmethod
+    def open_for(cls, split) -> "_RawFile | None":
+        """A reader for a raw PreparedSplit; None for anything else (its own read() is used)."""
+        if (type(split).__name__ != "PreparedSplit" or getattr(split, "encoding", None) != "raw"
+                or not hasattr(os, "preadv")):
+            return None
+        try:
+            return cls(split)
+        except OSError:
+            return None
+
+    def read(self, idx: torch.Tensor, out: torch.Tensor) -> None:
+        rows = idx.numpy().astype(np.int64, copy=False)
+        if self.index is not None:
+            rows = self.index[rows]
+        flat = out.view(len(rows), self.row).numpy()
+        for j in np.argsort(rows, kind="stable").tolist():   # ascending file offsets
+            mv = memoryview(flat[j])
+            off = int(rows[j]) * self.row
+            got = os.preadv(self.fd, [mv], off)
+            while got < self.row:                              # short reads: continue where it stopped
+                n = os.preadv(self.fd, [mv[got:]], off + got)
+                if n <= 0:
+                    raise OSError(f"{self.path}: image {int(rows[j])} is cut short ({got} of {self.row} bytes)")
+                got += n
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 class _Failure:
@@ -81,6 +133,7 @@ class BatchLoader:
         prefetch: int = 2,
         pin_memory: bool | None = None,
         threads: int | None = None,
+        reader: str = "auto",
     ):
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
@@ -94,8 +147,11 @@ class BatchLoader:
             pin_memory = self.device.type == "cuda" and torch.cuda.is_available()
         self.pin_memory = bool(pin_memory)
         if threads is None:
-            threads = min(4, os.cpu_count() or 1)
+            threads = default_threads()
         self.threads = max(1, int(threads))
+        if reader not in ("auto", "split"):
+            raise ValueError(f"unknown reader {reader!r}: auto, split")
+        self.reader = reader
         self.n = len(split)
         self.batches_per_epoch = num_batches(self.n, self.batch_size, self.drop_last)
         self._labels = split.labels
@@ -123,17 +179,18 @@ class BatchLoader:
         return out
 
     # -- reading
-    def _load(self, idx: torch.Tensor, pool: ThreadPoolExecutor | None):
+    def _load(self, idx: torch.Tensor, pool: ThreadPoolExecutor | None, raw: "_RawFile | None" = None):
         S = self.split.size
         b = len(idx)
         buf = torch.empty((b, S, S, 3), dtype=torch.uint8, pin_memory=self.pin_memory)
+        read = raw.read if raw is not None else (lambda i, o: self.split.read(i, out=o))
         if pool is None or b < 2 * self.threads:
-            self.split.read(idx, out=buf)
+            read(idx, buf)
         else:
             parts = []
             for t in range(self.threads):
                 lo, hi = shard_bounds(b, t, self.threads)
-                parts.append(pool.submit(self.split.read, idx[lo:hi], buf[lo:hi]))
+                parts.append(pool.submit(read, idx[lo:hi], buf[lo:hi]))
             for p in parts:
                 p.result()
         x = buf.permute(0, 3, 1, 2)
@@ -146,11 +203,13 @@ class BatchLoader:
         pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
         cuda = self.device.type == "cuda"
         stream = torch.cuda.Stream(self.device) if cuda else None
+        raw = None
         try:
+            raw = _RawFile.open_for(self.split) if self.reader == "auto" else None
             for idx in shards:
                 if stop.is_set():
                     return
-                x, y = self._load(idx, pool)
+                x, y = self._load(idx, pool, raw)
                 ev = None
                 if cuda:
                     with torch.cuda.stream(stream):
@@ -166,6 +225,8 @@ class BatchLoader:
         finally:
             if pool is not None:
                 pool.shutdown(wait=True)
+            if raw is not None:
+                raw.close()
 
     @staticmethod
     def _put(q: queue.Queue, item, stop: threading.Event) -> None:

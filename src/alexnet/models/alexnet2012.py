@@ -11,6 +11,11 @@ Layer by layer, for a 224x224 input (per column in brackets; PAPER.md, Architect
     fc7  4096 (2048+2048) from 4096, both columns                           ReLU, dropout
     fc8  1000 from 4096                                                     softmax (in the loss)
 
+`impl` picks how the same function is computed: "auto" (default) runs the fast formulations of
+`alexnet.fastconv` on CUDA (conv1 as a space-to-depth 3x3 convolution, the ReLU fused into the
+response-normalisation kernel, the grouped layers as measured fastest) and the plain layers
+elsewhere; "reference" always runs the plain layers; "fast" forces the fast ones (tests).
+
 On one device the columns are grouped convolutions (`groups=2` in conv2, conv4, conv5): output
 channels [0, C/2) are the first column, [C/2, C) the second. conv1 and conv3 and the FC layers see
 both columns; conv1's two halves read the same image. 60,965,224 parameters, 724,406,816
@@ -31,11 +36,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from alexnet import fastconv
 from alexnet.errors import ConfigError
 from alexnet.layers import (LRN_ALPHA, LRN_BETA, LRN_K, LRN_SIZE, Overhang, ResponseNorm,
                             WithinMapNorm, activation, lrn_scale)
 
 RECIPES = ("paper", "cuda-convnet")
+#: auto: the fast formulations (alexnet.fastconv) on CUDA, the plain layers elsewhere;
+#: fast: the fast formulations on any device (tests); reference: always the plain layers.
+IMPLS = ("auto", "fast", "reference")
 POOLING = {"overlapping": (3, 2), "non-overlapping": (2, 2)}
 
 
@@ -49,6 +58,7 @@ class AlexNet2012Config:
     dropout: float = 0.5             # fc6 and fc7, section 4.2
     columns: int = 2                 # 2: the paper's net; 1: its one-GPU comparison
     unit_bias: float = 1.0           # the bias of conv2/4/5 and fc6/7 (Caffe later used 0.1)
+    impl: str = "auto"               # auto: the fast formulations on CUDA (alexnet.fastconv); reference: plain
 
     def __post_init__(self):
         if self.recipe not in RECIPES:
@@ -63,6 +73,8 @@ class AlexNet2012Config:
             raise ConfigError(f"dropout must be in [0, 1), not {self.dropout}")
         if self.num_classes < 1:
             raise ConfigError(f"num_classes must be positive, not {self.num_classes}")
+        if self.impl not in IMPLS:
+            raise ConfigError(f"unknown impl {self.impl!r}: {', '.join(IMPLS)}")
 
 
 class AlexNet2012(nn.Module):
@@ -110,20 +122,54 @@ class AlexNet2012(nn.Module):
         self.fc8 = nn.Linear(4096, cfg.num_classes)
         self.reset_parameters()
 
+    #: Per-model override of alexnet.fastconv.DEFAULTS (not saved: it changes no number computed).
+    fast_options: dict | None = None
+
+    def _fast(self, x: torch.Tensor) -> dict | None:
+        """The fast formulations' options for this input, or None for the plain layers."""
+        impl = self.config.impl
+        if impl == "reference" or (impl == "auto" and not x.is_cuda):
+            return None
+        return self.fast_options if self.fast_options is not None else fastconv.DEFAULTS
+
+    def _act_norm(self, act: nn.Module, norm: nn.Module, x: torch.Tensor, fast: dict | None) -> torch.Tensor:
+        """norm(act(x)); on the fast path the ReLU is fused into the normalisation kernel."""
+        if fast is None or not isinstance(norm, ResponseNorm) or norm.impl != "auto":
+            return norm(act(x))
+        fuse = bool(fast.get("relu_lrn", True)) and self.config.activation == "relu"
+        if not fuse:
+            x = act(x)
+        return fastconv.relu_response_norm(x, norm.size, norm.scale, norm.beta, norm.k, norm.groups, relu=fuse)
+
+    def _grouped(self, layer: nn.Conv2d, x: torch.Tensor, fast: dict | None, name: str) -> torch.Tensor:
+        if fast is None or layer.groups == 1:
+            return layer(x)
+        return fastconv.grouped_conv(x, layer.weight, layer.bias, layer.padding[0], layer.groups,
+                                     fast.get(name, "grouped"))
+
     # The 2012 code's conv1 order: conv, LRN, pool, ReLU (LRN sees pre-ReLU values).
-    def _stage1(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv1(self.pad1(x))
+    def _stage1(self, x: torch.Tensor, fast: dict | None = None) -> torch.Tensor:
+        if fast is not None and fast.get("conv1") == "s2d":
+            x = fastconv.space_to_depth_conv(x, self.conv1.weight, self.conv1.bias, self.conv1.stride[0])
+        else:
+            x = self.conv1(self.pad1(x))
         if self.config.recipe == "cuda-convnet":
+            if fast is not None and isinstance(self.norm1, ResponseNorm) and self.norm1.impl == "auto":
+                n = self.norm1
+                x = fastconv.relu_response_norm(x, n.size, n.scale, n.beta, n.k, n.groups, relu=False)
+                return self.act1(self.pool1(x))
             return self.act1(self.pool1(self.norm1(x)))
-        return self.pool1(self.norm1(self.act1(x)))
+        return self.pool1(self._act_norm(self.act1, self.norm1, x, fast))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The convolutional part: (N, 3, 224, 224) -> (N, 256, 6, 6)."""
-        x = self._stage1(x)                                                # (N, 96, 27, 27)
-        x = self.pool2(self.mapnorm2(self.norm2(self.act2(self.conv2(x)))))  # (N, 256, 13, 13)
+        fast = self._fast(x)
+        x = self._stage1(x, fast)                                          # (N, 96, 27, 27)
+        x = self._grouped(self.conv2, x, fast, "conv2")
+        x = self.pool2(self.mapnorm2(self._act_norm(self.act2, self.norm2, x, fast)))  # (N, 256, 13, 13)
         x = self.act3(self.conv3(x))                                       # (N, 384, 13, 13)
-        x = self.act4(self.conv4(x))                                       # (N, 384, 13, 13)
-        return self.pool5(self.act5(self.conv5(x)))                        # (N, 256, 6, 6)
+        x = self.act4(self._grouped(self.conv4, x, fast, "conv4"))         # (N, 384, 13, 13)
+        return self.pool5(self.act5(self._grouped(self.conv5, x, fast, "conv5")))  # (N, 256, 6, 6)
 
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
         """The last hidden layer (fc7 after ReLU, before dropout): Figure 4's 4096-d code."""

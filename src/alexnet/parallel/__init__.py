@@ -5,8 +5,9 @@
   (`split_state_dict`, `merge_state_dicts`).
 * `accounting`: bytes moved and held per device for one device, two columns, data parallelism and
   the 2014 hybrid (`column_accounting`), as `alexnet info --parallel columns` shows.
-* `distributed`: small torchrun helpers (`init_from_env`, `is_main`, `barrier`, `cleanup`,
-  `all_reduce_sum`).
+* `distributed`: running under torchrun: `DistributedContext` (what the training loop asks about
+  ranks, devices and reductions) and small helpers (`init_from_env`, `is_main`, `barrier`,
+  `cleanup`, `all_reduce_sum`, `broadcast_object`).
 
 Names are imported on first use, so `import alexnet.parallel.<module>` stays cheap.
 """
@@ -21,7 +22,8 @@ _NAMES = {
     "gather_cat": "columns", "named_optimizer_state": "columns", "load_named_optimizer_state": "columns",
     "column_accounting": "accounting", "format_accounting": "accounting",
     "init_from_env": "distributed", "is_main": "distributed", "barrier": "distributed",
-    "cleanup": "distributed", "all_reduce_sum": "distributed",
+    "cleanup": "distributed", "all_reduce_sum": "distributed", "broadcast_object": "distributed",
+    "DistributedContext": "distributed",
 }
 
 

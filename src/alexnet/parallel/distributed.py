@@ -1,29 +1,48 @@
-"""Small helpers for running under torchrun (model- or data-parallel).
+"""Running under torchrun: the process group, and one object the training loop asks about ranks.
 
-`init_from_env()` reads RANK, WORLD_SIZE and LOCAL_RANK (set by torchrun) and starts the default
-process group: NCCL when CUDA is available (after `torch.cuda.set_device(LOCAL_RANK)`), gloo
-otherwise. Without torchrun it does nothing, and every other helper is then the one-process
-identity, so a training loop can call them unconditionally.
+`torchrun --nproc-per-node N -m alexnet train ...` sets RANK, WORLD_SIZE and LOCAL_RANK (and
+MASTER_ADDR/MASTER_PORT). `init_from_env()` starts the default process group from them: NCCL when
+CUDA is used (after `torch.cuda.set_device(LOCAL_RANK)`), gloo otherwise. Without torchrun it does
+nothing, and every helper is then the one-process identity, so a training loop can call them
+unconditionally.
+
+`DistributedContext.from_env()` is what `alexnet.train` uses: rank, world size, this process's
+device, DDP wrapping and the few reductions the loop needs. A process group that the caller has
+already started (a test with a FileStore, say) is adopted as is and left running at `cleanup()`.
 """
 
 from __future__ import annotations
 
 import datetime
 import os
+from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
+import torch.distributed as td
+from torch import nn
+
+from alexnet.errors import ConfigError
+
+#: Seconds a collective may wait for the other processes before the run fails (torchrun then
+#: stops every worker). Overridden by ALEXNET_DIST_TIMEOUT_S.
+DEFAULT_TIMEOUT_S = 600.0
 
 
 def _active() -> bool:
-    return dist.is_available() and dist.is_initialized()
+    return td.is_available() and td.is_initialized()
 
 
 def under_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def init_from_env(backend: str | None = None, timeout_s: float = 600.0, init_method: str | None = None) -> bool:
+def _timeout(timeout_s: float | None) -> datetime.timedelta:
+    if timeout_s is None:
+        timeout_s = float(os.environ.get("ALEXNET_DIST_TIMEOUT_S", DEFAULT_TIMEOUT_S))
+    return datetime.timedelta(seconds=timeout_s)
+
+
+def init_from_env(backend: str | None = None, timeout_s: float | None = None, init_method: str | None = None) -> bool:
     """Start the process group from torchrun's environment; True if one is (now) running.
 
     `init_method` defaults to torchrun's `env://` (MASTER_ADDR, MASTER_PORT); a `file://` path
@@ -31,24 +50,24 @@ def init_from_env(backend: str | None = None, timeout_s: float = 600.0, init_met
     """
     if _active():
         return True
-    if not under_torchrun() or not dist.is_available():
+    if not under_torchrun() or not td.is_available():
         return False
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(local)
-    dist.init_process_group(backend, init_method=init_method, rank=int(os.environ["RANK"]),
-                            world_size=int(os.environ["WORLD_SIZE"]), timeout=datetime.timedelta(seconds=timeout_s))
+    td.init_process_group(backend, init_method=init_method, rank=int(os.environ["RANK"]),
+                          world_size=int(os.environ["WORLD_SIZE"]), timeout=_timeout(timeout_s))
     return True
 
 
 def rank() -> int:
-    return dist.get_rank() if _active() else 0
+    return td.get_rank() if _active() else 0
 
 
 def world_size() -> int:
-    return dist.get_world_size() if _active() else 1
+    return td.get_world_size() if _active() else 1
 
 
 def local_rank() -> int:
@@ -67,20 +86,109 @@ def is_main() -> bool:
 
 def barrier() -> None:
     if _active():
-        dist.barrier()
+        td.barrier()
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum `tensor` over all ranks, in place (identity when not distributed); returns it."""
     if _active():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        td.all_reduce(tensor, op=td.ReduceOp.SUM)
     return tensor
+
+
+def broadcast_object(obj, src: int = 0):
+    """Rank `src`'s `obj` on every rank (the object itself when not distributed)."""
+    if not _active():
+        return obj
+    box = [obj]
+    td.broadcast_object_list(box, src=src)
+    return box[0]
 
 
 def cleanup() -> None:
     if _active():
-        dist.destroy_process_group()
+        td.destroy_process_group()
 
 
-__all__ = ["all_reduce_sum", "barrier", "cleanup", "device", "init_from_env", "is_main", "local_rank", "rank",
-           "under_torchrun", "world_size"]
+@dataclass
+class DistributedContext:
+    """Rank, world size and device of this process, and the collectives the training loop uses.
+
+    Not distributed (`enabled` False): rank 0 of 1, and every method is the identity.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    enabled: bool = False
+    owns_group: bool = False      # started here, so `cleanup()` ends it
+
+    @classmethod
+    def from_env(cls, device: str = "auto", timeout_s: float | None = None) -> "DistributedContext":
+        """From torchrun's environment (or an already started process group). `device`: the
+        training device asked for (auto | cpu | cuda): NCCL on CUDA, gloo on the CPU."""
+        adopted = _active()
+        world = td.get_world_size() if adopted else int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        if str(device).startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError("--device cuda given, but torch sees no CUDA device")
+        if not adopted:
+            use_cuda = torch.cuda.is_available() and device != "cpu"
+            init_from_env("nccl" if use_cuda else "gloo", timeout_s)
+        rank_, world = td.get_rank(), td.get_world_size()
+        local = int(os.environ.get("LOCAL_RANK", str(rank_)))
+        use_cuda = "nccl" in str(td.get_backend()).lower()
+        if use_cuda:
+            torch.cuda.set_device(local)
+        dev = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
+        return cls(rank=rank_, world_size=world, local_rank=local, device=dev, enabled=True,
+                   owns_group=not adopted)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """DistributedDataParallel around `model` (already on this process's device)."""
+        if not self.enabled:
+            return model
+        ids = [self.local_rank] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def barrier(self) -> None:
+        if self.enabled:
+            td.barrier()
+
+    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """All-reduce a tensor in place by summation (identity on one process)."""
+        if self.enabled:
+            td.all_reduce(tensor, op=td.ReduceOp.SUM)
+        return tensor
+
+    def mean(self, tensor: torch.Tensor) -> float:
+        """The mean over processes of a scalar tensor, as a Python float."""
+        t = tensor.detach().clone().float()
+        return (self.sum_(t) / self.world_size).item()
+
+    def gather_objects(self, obj) -> list:
+        """Every rank's `obj`, in rank order (a list of one on a single process)."""
+        if not self.enabled:
+            return [obj]
+        out = [None] * self.world_size
+        td.all_gather_object(out, obj)
+        return out
+
+    def broadcast_object(self, obj, src: int = 0):
+        """Rank `src`'s `obj` on every rank."""
+        return broadcast_object(obj, src) if self.enabled else obj
+
+    def cleanup(self) -> None:
+        """End the process group if this context started it."""
+        if self.enabled and self.owns_group and td.is_initialized():
+            td.destroy_process_group()
+
+
+__all__ = ["DEFAULT_TIMEOUT_S", "DistributedContext", "all_reduce_sum", "barrier", "broadcast_object", "cleanup",
+           "device", "init_from_env", "is_main", "local_rank", "rank", "under_torchrun", "world_size"]

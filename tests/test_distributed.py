@@ -1,0 +1,318 @@
+"""Training on several processes: data parallelism (DDP) and the paper's columns under torchrun,
+distributed evaluation, resuming with another process count; and the 3 GB question (memory).
+
+The multi-process tests start two gloo CPU processes (`python -m torch.distributed.run
+--standalone`, which picks a free port, or spawned workers with a FileStore), each under a
+timeout, and are marked `distributed`: run them one at a time, never in parallel with each other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from alexnet.checkpoint import load_checkpoint
+from alexnet.train import TrainConfig, train
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    """The embedded synthetic dataset, prepared at 32x32: 300 train, 80 test images, 10 classes."""
+    from alexnet.data.prepare import prepare
+    from alexnet.data.synthetic import make_shapes
+
+    root = tmp_path_factory.mktemp("shapes")
+    src = make_shapes(root / "src", n_train_per_class=30, n_test_per_class=8)
+    return prepare(src, root / "prepared", size=32, workers=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def shapes224(tmp_path_factory) -> Path:
+    """One image per class and split, prepared at 224 (alexnet2012's crop): 10 train, 10 test."""
+    from alexnet.data.prepare import prepare
+    from alexnet.data.synthetic import make_shapes
+
+    root = tmp_path_factory.mktemp("shapes224")
+    src = make_shapes(root / "src", n_train_per_class=1, n_test_per_class=1)
+    return prepare(src, root / "prepared", size=224, workers=1, progress=False)
+
+
+# Runs whose only randomness is the data order: crop = image size, no flips, no colour noise, and
+# cifar-fig1 has no dropout. One step on a global batch is then the same computation on any number
+# of processes, up to the rounding of the gradient average.
+PLAIN = ["--arch", "cifar-fig1", "--crop", "32", "--no-flip", "--pca-std", "0", "--batch-size", "32",
+         "--schedule", "step", "--milestones", "1", "--deterministic", "--no-progress", "--device", "cpu",
+         "--eval-batch-size", "7"]
+
+
+def _config(args: list[str], **extra) -> TrainConfig:
+    """The TrainConfig the CLI would build from `args` (for in-process single runs)."""
+    from alexnet.cli import arch_options_from, build_parser
+
+    ns = build_parser().parse_args(["train", *args])
+    fields = {k: v for k, v in vars(ns).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
+    fields.pop("arch", None)
+    return TrainConfig(arch=ns.arch or "alexnet2012", arch_options=arch_options_from(ns), **(fields | extra))
+
+
+def _torchrun(nproc: int, args: list[str], timeout_s: float = 240.0) -> str:
+    """`torchrun --standalone --nproc-per-node N -m alexnet train ARGS`; its output. The whole
+    process group is killed if it outlives the timeout."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "alexnet", "train", *args]
+    env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1", ALEXNET_DIST_TIMEOUT_S="120")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"torchrun did not finish in {timeout_s:.0f} s:\n{out[-4000:]}")
+    assert proc.returncode == 0, out[-6000:]
+    return out
+
+
+def _assert_weights_close(a: dict, b: dict, atol: float, rtol: float = 1e-5) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=rtol, msg=lambda m, k=k: f"{k}: {m}")
+
+
+def _quiet(*_a, **_k):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Data parallelism
+
+
+@pytest.mark.distributed
+def test_one_ddp_step_on_two_processes_equals_one_step_on_the_whole_batch(shapes, tmp_path):
+    args = ["--data", str(shapes), *PLAIN, "--epochs", "1", "--max-steps", "1"]
+    out = _torchrun(2, [*args, "--out", str(tmp_path / "ddp")])
+    assert "x2" in out and "data parallel: 2 processes" in out
+    train(_config([*args, "--out", str(tmp_path / "one")]), log=_quiet)
+
+    ddp, one = load_checkpoint(tmp_path / "ddp" / "last.pt"), load_checkpoint(tmp_path / "one" / "last.pt")
+    _assert_weights_close(ddp["model"], one["model"], atol=1e-6)
+    _assert_weights_close({i: s["velocity"] for i, s in ddp["optimizer"]["state"].items()},
+                          {i: s["velocity"] for i, s in one["optimizer"]["state"].items()}, atol=1e-7)
+    # The checkpoint holds each rank's random number generators (augmentation differs per rank).
+    assert ddp["world_size"] == 2 and len(ddp["rng"]) == 2 and len(one["rng"]) == 1
+    assert not torch.equal(ddp["rng"][0]["augment"], ddp["rng"][1]["augment"])
+    assert (ddp["global_step"], ddp["batch_in_epoch"]) == (1, 1)
+
+    # Only rank 0 writes; the global batch of 32 is 16 per process.
+    names = sorted(p.name for p in (tmp_path / "ddp").iterdir())
+    assert names == ["best.pt", "config.json", "last.pt", "metrics.jsonl", "test.json"], names
+    config = json.loads((tmp_path / "ddp" / "config.json").read_text())
+    assert (config["config"]["world_size"], config["config"]["global_batch"], config["config"]["local_batch"]) == (2, 32, 16)
+    assert config["parallel"]["mode"] == "data"
+    # Evaluation counts each image once (30 held-out val images, 80 test images, 7 per batch per rank).
+    (m_ddp,), (m_one,) = ([json.loads(x) for x in (tmp_path / r / "metrics.jsonl").read_text().splitlines()]
+                          for r in ("ddp", "one"))
+    assert m_ddp["val_images"] == m_one["val_images"] == 30
+    assert m_ddp["train_loss"] == pytest.approx(m_one["train_loss"], rel=1e-5)
+    t_ddp, t_one = (json.loads((tmp_path / r / "test.json").read_text()) for r in ("ddp", "one"))
+    for crops in ("test_1crop", "test_10crop"):
+        assert t_ddp[crops]["images"] == t_one[crops]["images"] == 80
+        assert abs(t_ddp[crops]["top1_error"] - t_one[crops]["top1_error"]) <= 1 / 80 + 1e-9
+
+
+def _eval_worker(rank: int, store: str, data: str, out: str) -> None:
+    from alexnet.data.prepared import PreparedData
+    from alexnet.models import build_model
+    from alexnet.parallel import distributed as d
+    from alexnet.train import Layout
+
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    d.init_from_env("gloo", timeout_s=60, init_method=f"file://{store}")
+    try:
+        ctx = d.DistributedContext.from_env("cpu")
+        assert ctx.enabled and not ctx.owns_group and ctx.world_size == 2
+        prepared = PreparedData.open(data)
+        test = prepared.split("test")
+        torch.manual_seed(0)
+        model = build_model("cifar-fig1")
+        layout = Layout("ddp", model, ctx, "paper")
+        results = {}
+        for n in (21, 1):          # 21: 11 + 10 images; 1: rank 1's part is empty
+            split = test.subset(torch.arange(n))
+            r = layout.evaluate(split, prepared.mean, 28, 10, torch.device("cpu"), None, False, 1.0, 4)
+            results[n] = r
+        if rank == 0:
+            Path(out).write_text(json.dumps(results))
+        ctx.cleanup()              # adopted: left running
+        assert d.world_size() == 2
+    finally:
+        d.cleanup()
+
+
+def _spawn(fn, args, nprocs: int = 2, timeout_s: float = 120.0) -> None:
+    import torch.multiprocessing as mp
+
+    ctx = mp.start_processes(fn, args=args, nprocs=nprocs, join=False, start_method="spawn")
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not ctx.join(timeout=max(0.1, deadline - time.monotonic())):
+            if time.monotonic() > deadline:
+                pytest.fail(f"distributed test did not finish in {timeout_s:.0f} s")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+                p.join()
+
+
+@pytest.mark.distributed
+def test_distributed_evaluation_counts_each_image_once(shapes, tmp_path):
+    from alexnet.data.prepared import PreparedData
+    from alexnet.evaluate import evaluate_split
+    from alexnet.models import build_model
+
+    out = tmp_path / "result.json"
+    _spawn(_eval_worker, (os.fspath(tmp_path / "store"), os.fspath(shapes), os.fspath(out)))
+    got = json.loads(out.read_text())
+    prepared = PreparedData.open(shapes)
+    torch.manual_seed(0)
+    model = build_model("cifar-fig1")
+    for n in (21, 1):
+        want = evaluate_split(model, prepared.split("test").subset(torch.arange(n)), prepared.mean, 28, 10, "cpu",
+                              None, False, 1.0, 4)
+        assert got[str(n)]["images"] == want["images"] == n
+        assert got[str(n)]["top1_error"] == pytest.approx(want["top1_error"])
+        assert got[str(n)]["top5_error"] == pytest.approx(want["top5_error"])
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_resume_with_another_process_count_continues_at_the_same_sample(shapes, tmp_path):
+    """Two processes stop after 5 of 16 steps (8 per epoch); one process resumes: the weights end
+    as an uninterrupted one-process run's (the same batches in the same order, same update)."""
+    args = ["--data", str(shapes), *PLAIN, "--epochs", "2"]
+    train(_config([*args, "--out", str(tmp_path / "whole")]), log=_quiet)
+
+    cut = tmp_path / "cut"
+    _torchrun(2, [*args, "--out", str(cut), "--max-steps", "5", "--checkpoint-steps", "5"])
+    ckpt = load_checkpoint(cut / "last.pt")
+    assert (ckpt["world_size"], ckpt["global_step"], ckpt["epoch"], ckpt["batch_in_epoch"]) == (2, 5, 0, 5)
+    messages = []
+    result = train(_config([*args, "--out", str(cut), "--resume"]), log=messages.append)
+    assert any("same sample position" in str(m) for m in messages)
+    assert result["steps"] == 16
+    _assert_weights_close(load_checkpoint(cut / "last.pt")["model"],
+                          load_checkpoint(tmp_path / "whole" / "last.pt")["model"], atol=1e-5, rtol=1e-4)
+    lines = [json.loads(x) for x in (cut / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2] and all(m["complete"] for m in lines)
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_resume_with_the_same_process_count_is_exact(shapes, tmp_path):
+    """With random crops, flips and colour noise: each rank's generators come back, bit for bit."""
+    args = ["--data", str(shapes), "--arch", "cifar-fig1", "--batch-size", "32", "--epochs", "1", "--deterministic",
+            "--no-progress", "--device", "cpu", "--schedule", "step", "--milestones", "5"]
+    _torchrun(2, [*args, "--max-steps", "6", "--out", str(tmp_path / "whole")])
+    cut = tmp_path / "cut"
+    _torchrun(2, [*args, "--max-steps", "3", "--out", str(cut)])
+    assert load_checkpoint(cut / "last.pt")["global_step"] == 3
+    out = _torchrun(2, [*args, "--max-steps", "6", "--out", str(cut), "--resume"])
+    assert "resuming from" in out and "fresh augmentation" not in out
+    a, b = load_checkpoint(tmp_path / "whole" / "last.pt")["model"], load_checkpoint(cut / "last.pt")["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+# ---------------------------------------------------------------------------------------------
+# The paper's columns on two processes
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_columns_on_two_gloo_processes_train_like_the_grouped_network(shapes224, tmp_path, capsys):
+    """`torchrun --nproc-per-node 2 -m alexnet train --parallel columns`: each process one column,
+    both reading the same batch with the same augmentation. Without dropout two steps give the
+    grouped network's weights and velocities; the checkpoint is the grouped form, which `alexnet
+    eval` reads, and the log and config.json carry the exchange and memory accounting."""
+    from alexnet import cli
+
+    args = ["--data", str(shapes224), "--arch", "alexnet2012", "--dropout", "0", "--batch-size", "4",
+            "--epochs", "1", "--max-steps", "2", "--no-progress", "--device", "cpu", "--keep-checkpoints", "0"]
+    out = _torchrun(2, [*args, "--parallel", "columns", "--out", str(tmp_path / "columns")], timeout_s=400)
+    assert "one column per process" in out and "columns exchange per step" in out
+    train(_config([*args, "--out", str(tmp_path / "grouped")], test_crops=(1,)), log=_quiet)
+
+    col, grp = load_checkpoint(tmp_path / "columns" / "last.pt"), load_checkpoint(tmp_path / "grouped" / "last.pt")
+    assert col["parallel"] == "columns" and col["world_size"] == 2
+    _assert_weights_close(col["model"], grp["model"], atol=1e-4, rtol=1e-4)
+    assert sorted(col["optimizer"]["state"]) == sorted(grp["optimizer"]["state"])
+    _assert_weights_close({i: s["velocity"] for i, s in col["optimizer"]["state"].items()},
+                          {i: s["velocity"] for i, s in grp["optimizer"]["state"].items()}, atol=1e-4, rtol=1e-4)
+    config = json.loads((tmp_path / "columns" / "config.json").read_text())
+    par = config["parallel"]
+    assert par["form"] == "columns-distributed"
+    assert par["exchanged_per_step"]["forward_bytes"] == 4 * 4 * 2 * (128 * 13 * 13 + 4608 + 2048) + 4 * 4 * 2048
+    assert [d["device"] for d in par["per_device_memory_estimate"]] == [0, 1]
+
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "columns" / "last.pt"), "--data", str(shapes224),
+                     "--split", "test", "--crops", "1", "--device", "cpu", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["images"] == 10
+
+
+# ---------------------------------------------------------------------------------------------
+# The 3 GB question
+
+
+def test_memory_on_the_cpu_reports_the_estimate_and_says_it_needs_cuda(capsys):
+    from alexnet import memory
+
+    assert memory.main(["--device", "cpu", "--cap-gb", "3"]) == 0
+    text = capsys.readouterr().out
+    assert "needs CUDA" in text and "column 0 (holds fc8)" in text and "whole network" in text
+    assert memory.main(["--device", "cpu", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["measured"] is False and r["batch"] == 128
+    est = r["estimate"]
+    assert est["column_0"]["total_bytes"] < est["whole"]["total_bytes"]
+    assert est["column_0"]["param_bytes"] == 4 * 32_531_112 and est["column_1"]["param_bytes"] == 4 * 28_434_112
+    assert memory.apply_memory_cap(3, ["cpu"]) == []
+
+
+def test_a_column_on_its_own_runs_forward_and_backward_with_the_exchanged_tensors_as_inputs():
+    from alexnet.memory import column_step
+    from alexnet.models.alexnet2012 import AlexNet2012Config
+    from alexnet.parallel.columns import Column
+
+    torch.manual_seed(0)
+    x, y = torch.randn(2, 3, 224, 224) * 50, torch.tensor([1, 2])
+    for index in (0, 1):
+        column = Column(AlexNet2012Config(num_classes=5), index)
+        out = column_step(column, x, y)
+        assert out.shape == (() if index == 0 else (2, 2048))
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in column.parameters())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_memory_on_cuda_measures_one_column_below_the_whole_network():
+    from alexnet.memory import format_report, measure
+
+    r = measure(batch=16, cap_gb=1.0, steps=2)
+    assert r["measured"] and r["context"]["at_init_bytes"] > 0
+    whole, c0, c1 = (r[k]["peak_allocated_bytes"] for k in ("whole", "column_0", "column_1"))
+    assert 0 < c1 < c0 < whole
+    assert r["whole"]["peak_allocated_bytes"] > 3 * 4 * 60_000_000      # weights, gradients, velocities
+    assert r["cap"]["column_0"]["fits"]
+    assert "under a cap of 1 GiB" in format_report(r)
