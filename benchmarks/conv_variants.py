@@ -11,6 +11,8 @@ A. Each convolution alone, bf16 channels_last, cudnn.benchmark: forward, and for
    s2d/blockdiag.
 B. The whole training step of alexnet2012 (eager), the fast defaults with one option changed at a
    time, and the plain reference path.
+A'. The two big max-pools alone: torch's and the Triton one (alexnet.kernels.max_pool), with a
+   check that the Triton one computes the same function (else the network rows leave it out).
 C. BatchLoader alone (pinned memory, H2D copy) on a prepared split: reader x threads.
 """
 
@@ -91,7 +93,8 @@ def layer_rows(batch: int) -> list[dict]:
             both = timed(lambda: torch.autograd.grad(f(), inputs, gy))
             passes = 2 if first else 3
             r = {"layer": name, "mode": mode, "batch": batch, "gmacs": macs / 1e9, "fwd_ms": fwd,
-                 "fwd_bwd_ms": both, "fwd_tflops": 2 * macs / fwd / 1e9, "fwd_bwd_tflops": 2 * passes * macs / both / 1e9}
+                 "fwd_bwd_ms": both, "fwd_tflops": 2 * macs / fwd / 1e9,
+                 "fwd_bwd_tflops": 2 * passes * macs / both / 1e9}
             rows.append(r)
             say(f"  {name:<9} {mode:<10} {macs / 1e9:8.1f} GMAC  fwd {fwd:7.3f} ms ({r['fwd_tflops']:5.0f} TFLOP/s)"
                 f"  fwd+bwd {both:7.3f} ms ({r['fwd_bwd_tflops']:5.0f} TFLOP/s)")
@@ -99,7 +102,35 @@ def layer_rows(batch: int) -> list[dict]:
     return rows
 
 
-def network_rows(batch: int) -> tuple[list[dict], dict]:
+POOLS = [("pool1", 96, 55), ("pool2", 256, 27)]
+
+
+def pool_rows(batch: int) -> tuple[list[dict], bool]:
+    """torch's max-pool (eager) and the Triton one that keeps its argmax, fwd and fwd+bwd; and whether
+    the Triton one computes the same function (the network rows use it only then)."""
+    rows, ok = [], True
+    for name, c, hw in POOLS:
+        x = (torch.randn(batch, c, hw, hw, device="cuda") * 3).to(torch.bfloat16)
+        x = torch.relu(x).contiguous(memory_format=torch.channels_last).requires_grad_()   # ties at 0, as after ReLU
+        ref = F.max_pool2d(x, 3, 2)
+        y = fastconv.max_pool(x, 3, 2)
+        gy = torch.randn_like(ref)
+        same_fwd = torch.equal(y, ref)
+        a, r = torch.autograd.grad(y, x, gy)[0].double(), torch.autograd.grad(ref, x, gy)[0].double()
+        err = ((a - r).norm() / r.norm()).item()
+        ok = ok and same_fwd and err < 1e-2
+        say(f"  {name}: triton forward {'==' if same_fwd else '!='} torch, backward rel. error {err:.1e}")
+        nbytes = x.numel() * 2
+        for mode, f in (("torch", lambda: F.max_pool2d(x, 3, 2)), ("triton", lambda: fastconv.max_pool(x, 3, 2))):
+            fwd = timed(lambda: f())
+            both = timed(lambda: torch.autograd.grad(f(), x, gy))
+            rows.append({"layer": name, "mode": mode, "batch": batch, "fwd_ms": fwd, "fwd_bwd_ms": both,
+                         "input_MB": nbytes / 1e6})
+            say(f"  {name:<9} {mode:<10} input {nbytes / 1e6:6.1f} MB  fwd {fwd:7.3f} ms  fwd+bwd {both:7.3f} ms")
+    return rows, ok
+
+
+def network_rows(batch: int, pool_ok: bool = True) -> tuple[list[dict], dict]:
     cl = torch.channels_last
     xs = random_images(batch, "cuda", cl, seed=1)
     labels = torch.randint(0, 1000, (batch,), device="cuda")
@@ -108,10 +139,12 @@ def network_rows(batch: int) -> tuple[list[dict], dict]:
     ref = build_model("alexnet2012", impl="reference").cuda().to(memory_format=cl)
     opt, opt_ref = make_optimizer(model), make_optimizer(ref)
     base = dict(fastconv.DEFAULTS)
+    if not pool_ok:
+        base["pool"] = "torch"
     configs = {"defaults": base}
     for key, modes in (("conv1", fastconv.CONV1_MODES), ("conv2", fastconv.GROUPED_MODES),
                        ("conv4", fastconv.GROUPED_MODES), ("conv5", fastconv.GROUPED_MODES),
-                       ("relu_lrn", (True, False))):
+                       ("relu_lrn", (True, False)), ("pool", fastconv.POOL_MODES if pool_ok else ("torch",))):
         for m in modes:
             if m != base[key]:
                 configs[f"{key}={m}"] = dict(base, **{key: m})
@@ -151,7 +184,7 @@ def loader_rows(path: str, batch: int) -> list[dict]:
     split = data.split("train" if "train" in data.splits else data.splits[0])
     rows = []
     n = min(120, len(split) // batch - 1)
-    for reader, threads in (("split", 4), ("auto", 4), ("auto", 8), ("auto", 12), ("split", 8)):
+    for reader, threads in (("gather", 1), ("gather", 4), ("gather", 8), ("pread", 4), ("split", 4)):
         loader = BatchLoader(split, batch, shuffle=True, seed=threads, epoch=len(rows), drop_last=True,
                              device="cuda", threads=threads, reader=reader)
         t0, k = None, 0
@@ -179,6 +212,7 @@ def main() -> int:
     ap.add_argument("--best-file")
     ap.add_argument("--loader-data")
     ap.add_argument("--skip-layers", action="store_true")
+    ap.add_argument("--layers", choices=["all", "pool"], default="all", help="pool: only the max-pool rows")
     ap.add_argument("--skip-network", action="store_true")
     args = ap.parse_args()
     torch.backends.cudnn.benchmark = True
@@ -186,12 +220,19 @@ def main() -> int:
            "batch": args.batch, "date": time.strftime("%Y-%m-%d %H:%M")}
     say(f"# conv_variants: {out['gpu']}, torch {out['torch']}, cuDNN {out['cudnn']}, batch {args.batch}, bf16 "
         "channels_last")
+    pool_ok = True
     if not args.skip_layers:
-        say("A. convolutions alone")
-        out["layers"] = layer_rows(args.batch)
+        if args.layers == "all":
+            say("A. convolutions alone")
+            out["layers"] = layer_rows(args.batch)
+        say("A'. max-pool 3/2 alone (bf16 channels_last, after ReLU)")
+        out["pools"], pool_ok = pool_rows(args.batch)
+        out["pool_ok"] = pool_ok
+        if not pool_ok:
+            say("  !! the Triton max-pool does not compute torch's function here: the network rows leave it out")
     if not args.skip_network:
         say("B. alexnet2012 training step, eager")
-        out["network"], best = network_rows(args.batch)
+        out["network"], best = network_rows(args.batch, pool_ok)
         out["best"] = best
         text = ",".join(f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in best.items())
         say(f"best: {text}")

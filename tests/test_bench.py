@@ -23,7 +23,7 @@ def small_run(tmp_path_factory):
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         rc = main(["bench", "--device", "cpu", "--small", "--json", "--quiet", "--workdir", str(work),
-                   "--json-out", str(work / "bench.json")])
+                   "--json-out", str(work / "bench.json"), "--loader-variants", "pread:2"])
     assert rc == 0
     return json.loads(buf.getvalue()), work
 
@@ -47,6 +47,8 @@ def test_small_cpu_run_has_every_row_with_positive_numbers(small_run):
                     "e2e_over_synthetic", "projected_90_epochs_h"):
             assert e[key] > 0, key
     assert rows[("tencrop", r["config"]["eval_batch"])]["views_per_image"] == 10
+    (variant,) = e2e["variants"]
+    assert variant["reader"] == "pread" and variant["threads"] == 2 and variant["e2e_images_per_s"] > 0
 
 
 def test_json_file_and_table(small_run):
@@ -72,7 +74,7 @@ def test_replicate_prepared_cycles_rows_and_labels(tmp_path):
     assert frac is None or 0.0 <= frac <= 1.0
 
 
-def test_pread_reader_equals_the_split_reader(tmp_path):
+def test_raw_readers_equal_the_split_reader(tmp_path):
     from alexnet.data.loader import BatchLoader
     from alexnet.data.prepare import prepare
     from alexnet.data.prepared import PreparedData
@@ -82,11 +84,12 @@ def test_pread_reader_equals_the_split_reader(tmp_path):
     split = PreparedData.open(src).split("train")
     for part in (split, split.subset([6, 1, 4, 3])):
         kw = dict(shuffle=True, seed=2, drop_last=False, threads=2)
-        fast = [(x.clone(), y.clone()) for x, y in BatchLoader(part, 3, reader="auto", **kw)]
         plain = [(x.clone(), y.clone()) for x, y in BatchLoader(part, 3, reader="split", **kw)]
-        assert len(fast) == len(plain) > 0
-        for (a, ya), (b, yb) in zip(fast, plain):
-            assert torch.equal(a, b) and torch.equal(ya, yb)
+        for reader in ("auto", "gather", "pread"):
+            fast = [(x.clone(), y.clone()) for x, y in BatchLoader(part, 3, reader=reader, **kw)]
+            assert len(fast) == len(plain) > 0
+            for (a, ya), (b, yb) in zip(fast, plain):
+                assert torch.equal(a, b) and torch.equal(ya, yb), reader
 
 
 def test_categories_of_kernel_names():
@@ -96,6 +99,7 @@ def test_categories_of_kernel_names():
     assert c("nvjet_hsh_256x128_64x4_1x2_h_bz_coopA_NTT") == "matmul (fc layers)"
     assert c("_lrn_bwd_tile") == "response norm (Triton)"
     assert c("triton_poi_fused_max_pool2d_with_indices_3") == "max-pool"
+    assert c("_pool_bwd") == c("_pool_fwd") == "max-pool"                  # alexnet.kernels.max_pool
     assert c("triton_poi_fused_relu_threshold_backward_5") == "fused elementwise (inductor Triton)"
     assert c("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<...>") == "optimizer"
     assert c("Memcpy HtoD (Pinned -> Device)") == "memcpy/memset"
@@ -103,8 +107,8 @@ def test_categories_of_kernel_names():
 
 def test_measure_takes_the_median_and_alternates():
     calls = []
-    t = bench.measure({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, bench.Timer(torch.device("cpu")),
-                      warmup=1, steps=2, repeats=3)
+    fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    t = bench.measure(fns, bench.Timer(torch.device("cpu")), warmup=1, steps=2, repeats=3)
     assert calls == ["a", "b"] + ["a", "a", "b", "b"] * 3          # warm-up, then alternating runs
     assert set(t) == {"a", "b"} and all(len(v["runs_ms"]) == 3 and v["ms"] >= 0 for v in t.values())
     assert np.isclose(t["a"]["ms"], sorted(t["a"]["runs_ms"])[1])

@@ -83,7 +83,7 @@ def test_relu_vs_tanh_end_to_end(shapes, tmp_path, capsys):
             "--train-images", "48", "--test-images", "10", "--threshold", "0.88", "--device", "cpu"]
     assert main(args) == 0
     text = capsys.readouterr().out
-    assert "budget" in text and "total" in text and "tanh/relu ratio" in text
+    assert "budget" in text and "total" in text and "paper: 6 at 25%" in text
     result = json.loads((out / "relu_vs_tanh.json").read_text())
     assert (out / "relu_vs_tanh.png").read_bytes().startswith(PNG)
     assert result["train_images"] == 48 and result["seeds"] == [0, 1]

@@ -46,7 +46,8 @@ def test_space_to_depth_conv_is_the_overhang_conv(size, kernel, stride):
 
 def test_space_to_depth_conv_channels_last_input():
     g = torch.Generator().manual_seed(3)
-    x = (torch.randn(2, 3, 224, 224, generator=g, dtype=torch.float64) * 50).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 224, 224, generator=g, dtype=torch.float64) * 50
+    x = x.contiguous(memory_format=torch.channels_last)
     w = torch.randn(4, 3, 11, 11, generator=g, dtype=torch.float64)
     out = fastconv.space_to_depth_conv(x, w, None, 4)
     torch.testing.assert_close(out, F.conv2d(F.pad(x, (0, 3, 0, 3)), w, stride=4), rtol=1e-12, atol=1e-9)
@@ -95,6 +96,59 @@ def test_relu_lrn_custom_op_passes_opcheck():
     torch.library.opcheck(fastconv._relu_lrn_op, (x, 5, 1e-4, 0.75, 2.0, True, 2))
 
 
+@pytest.mark.parametrize("size,kernel,stride", [(11, 3, 2), (13, 3, 2), (12, 2, 2), (9, 3, 3)])
+def test_max_pool_op_on_cpu_equals_max_pool2d(size, kernel, stride):
+    """The operator's CPU fallback (argmax as a window position) and its registered backward."""
+    g = torch.Generator().manual_seed(size)
+    x = torch.randn(2, 3, size, size, generator=g, dtype=torch.float64)
+    x[0, 0, :4, :4] = 0.0                                              # ties: the first maximum wins
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    y, idx = fastconv._max_pool_op(x, kernel, stride)
+    ref = F.max_pool2d(x, kernel, stride)
+    assert torch.equal(y, ref) and idx.dtype == torch.int8 and int(idx.max()) < kernel * kernel
+    gy = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(torch.autograd.grad(y, x, gy)[0], torch.autograd.grad(ref, x, gy)[0])
+
+
+def test_max_pool_op_passes_opcheck():
+    x = torch.randn(2, 3, 11, 11, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    torch.library.opcheck(fastconv._max_pool_op, (x.requires_grad_(), 3, 2))
+
+
+def test_max_pool_kernels_in_the_triton_interpreter(monkeypatch):
+    """The Triton kernels themselves, on the CPU through Triton's interpreter (where Triton is)."""
+    pytest.importorskip("triton")
+    if CUDA:
+        pytest.skip("the gpu test covers the compiled kernels")
+    import importlib
+    import sys
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    sys.modules.pop("alexnet.kernels.max_pool", None)
+    mp = importlib.import_module("alexnet.kernels.max_pool")
+    try:
+        _check_pool_kernels(mp, "cpu", bf16_rtol=2 ** -7)   # the interpreter truncates to bf16
+    finally:
+        sys.modules.pop("alexnet.kernels.max_pool", None)
+
+
+def _check_pool_kernels(mp, device, bf16_rtol):
+    torch.manual_seed(0)
+    for (n, c, h, w, k, s) in [(2, 5, 11, 11, 3, 2), (1, 3, 9, 8, 3, 2), (2, 4, 12, 12, 2, 2), (1, 2, 7, 7, 3, 3)]:
+        for dt in (torch.float32, torch.bfloat16):
+            x = torch.randn(n, c, h, w, device=device).to(dt).contiguous(memory_format=torch.channels_last)
+            x[0, 0, :3, :3] = 0
+            y, idx = mp.pool_forward(x, k, s)
+            ry = F.max_pool2d(x, k, s)
+            assert torch.equal(y, ry) and y.is_contiguous(memory_format=torch.channels_last)
+            g = torch.randn_like(ry)
+            dx = mp.pool_backward(g, idx, h, w, k, s)
+            x64 = x.double().requires_grad_()
+            ref = torch.autograd.grad(F.max_pool2d(x64, k, s), x64, g.double())[0]
+            err = ((dx.double() - ref).abs() / ref.abs().clamp_min(1e-30)).max().item()
+            assert err <= (1e-6 if dt == torch.float32 else bf16_rtol), (err, n, c, h, w, k, s, dt)
+
+
 def test_parse_options():
     assert fastconv.parse_options(None) == fastconv.DEFAULTS
     o = fastconv.parse_options("conv1=direct, conv4=blockdiag,relu_lrn=0")
@@ -109,8 +163,9 @@ def _options(full: bool = False):
     """Combinations of fast options; by default three that cover every mode of every option."""
     combos = (itertools.product(fastconv.CONV1_MODES, fastconv.GROUPED_MODES, (True, False)) if full else
               [("s2d", "grouped", True), ("s2d", "blockdiag", False), ("direct", "split", True)])
-    for conv1, gmode, fuse in combos:
-        yield {"conv1": conv1, "conv2": gmode, "conv4": gmode, "conv5": gmode, "relu_lrn": fuse}
+    for k, (conv1, gmode, fuse) in enumerate(combos):
+        yield {"conv1": conv1, "conv2": gmode, "conv4": gmode, "conv5": gmode, "relu_lrn": fuse,
+               "pool": fastconv.POOL_MODES[k % 2]}
 
 
 @pytest.mark.slow
@@ -146,6 +201,22 @@ def test_reference_impl_is_the_plain_path_and_auto_is_plain_on_cpu():
 
 
 # ------------------------------------------------------------------------------------------ GPU
+
+
+@gpu
+@needs_cuda
+def test_max_pool_kernels_on_cuda():
+    from alexnet.kernels import max_pool as mp
+
+    _check_pool_kernels(mp, "cuda", bf16_rtol=2 ** -8)
+    x = (torch.randn(256, 96, 55, 55, device="cuda") * 3).to(torch.bfloat16).contiguous(
+        memory_format=torch.channels_last).requires_grad_()
+    y = fastconv.max_pool(x, 3, 2)
+    ref = F.max_pool2d(x, 3, 2)
+    assert torch.equal(y, ref)
+    gy = torch.randn_like(y)
+    a, r = torch.autograd.grad(y, x, gy)[0], torch.autograd.grad(ref, x, gy)[0]
+    assert rel(a, r) < 1e-2
 
 
 @gpu

@@ -17,9 +17,12 @@ Rows (images per second; ratio = alexnet2012 / torchvision):
   optionally replicated to ``--replicate-to`` images, or one made here from synthetic images),
   and the loader alone; with the projected time of 90 epochs of ImageNet (1,281,167 images).
 
-Timing: warm-up steps first (compilation and cuDNN's autotuning happen there), then ``repeats``
-runs of ``steps`` steps each, the two networks alternating; CUDA events around each run; the
-median run gives the rate. ``--small`` (with ``--device cpu``) shrinks everything for CI.
+Timing: warm-up steps first (compilation and cuDNN's autotuning happen there) and an untimed run,
+then ``repeats`` runs of ``steps`` steps each (on CUDA each run lasts >= 250 ms), the two networks
+alternating; CUDA events around each run; the median run gives the rate. ``--compile-mode
+reduce-overhead`` replays the compiled steps as CUDA graphs (for both networks), which removes the
+host overhead that bounds batch 128. ``--small`` (with ``--device cpu``) shrinks everything for CI.
+Figures and their analysis: docs/notes-speed.md.
 """
 
 from __future__ import annotations
@@ -64,6 +67,8 @@ class BenchConfig:
     e2e_batches: tuple[int, ...] | None = None  # default: the batches
     e2e_steps: int | None = None             # timed loader-fed steps (300; small 1)
     threads: int | None = None               # loader threads (BatchLoader's default if None)
+    reader: str = "auto"                     # BatchLoader reader: auto | gather | pread | split
+    loader_variants: tuple[str, ...] = ()    # more end-to-end runs, each "reader:threads"
     workdir: str | None = None               # where made/replicated data go (default: a temp dir)
     cold: bool = False                       # evict the data file from the page cache first
     rows: tuple[str, ...] = ROWS
@@ -116,18 +121,32 @@ class Timer:
         return (time.perf_counter() - t0) * 1e3
 
 
-def measure(fns: dict, timer: Timer, warmup: int, steps: int, repeats: int, log=None) -> dict:
-    """Median ms per call of each function; warm-up first, then the functions alternate run by run."""
+def measure(fns: dict, timer: Timer, warmup: int, steps: int, repeats: int, min_run_ms: float | None = None) -> dict:
+    """Median ms per call of each function; warm-up first, then the functions alternate run by run.
+
+    On CUDA each run lasts at least `min_run_ms` (default 250 ms: more steps for fast calls), and an
+    untimed run of that length follows the warm-up, so the clocks are up before timing starts.
+    """
     out = {}
+    if min_run_ms is None:
+        min_run_ms = 250.0 if timer.cuda else 0.0
+    n_steps = {}
     for name, fn in fns.items():
         t0 = time.perf_counter()
         for _ in range(warmup):
             fn()
         timer.sync()
         out[name] = {"warmup_s": time.perf_counter() - t0, "runs_ms": []}
+        n = steps
+        if min_run_ms > 0:
+            per = timer.run(fn, steps) / steps
+            n = max(steps, math.ceil(min_run_ms / max(per, 1e-3)))
+            timer.run(fn, n)                              # at speed before the timed runs
+        n_steps[name] = n
+        out[name]["steps_per_run"] = n
     for _ in range(repeats):
         for name, fn in fns.items():
-            out[name]["runs_ms"].append(timer.run(fn, steps) / steps)
+            out[name]["runs_ms"].append(timer.run(fn, n_steps[name]) / n_steps[name])
     for name, r in out.items():
         r["ms"] = statistics.median(r["runs_ms"])
         r["spread"] = (max(r["runs_ms"]) - min(r["runs_ms"])) / r["ms"] if r["ms"] > 0 else 0.0
@@ -210,10 +229,12 @@ def _autocast(device_type: str, amp):
     return torch.autocast(device_type, dtype=amp)
 
 
-def train_fn(net, opt, xs, labels, amp):
+def train_fn(net, opt, xs, labels, amp, graphs: bool = False):
     i = [0]
 
     def step():
+        if graphs:  # CUDA graphs (compile mode reduce-overhead): a new step begins here
+            torch.compiler.cudagraph_mark_step_begin()
         x = xs[i[0] % len(xs)]
         i[0] += 1
         with _autocast(x.device.type, amp):
@@ -387,7 +408,7 @@ def categorize(name: str) -> str:
     n = name.lower()
     if "lrn" in n:
         return "response norm (Triton)"
-    if "max_pool" in n or "maxpool" in n:
+    if "max_pool" in n or "maxpool" in n or n.startswith("_pool_"):
         return "max-pool"
     if "nchwtonhwc" in n or "nhwctonchw" in n:
         return "layout copies"
@@ -519,7 +540,8 @@ def run_bench(cfg: BenchConfig) -> dict:
             for name, e in nets.items():
                 e["model"].train()
                 e.setdefault("opt", make_optimizer(e["model"]))
-                fns[name] = _guarded(e, lambda net, e=e: train_fn(net, e["opt"], xs, labels, amp), log)
+                graphs = bool(cfg.compile_mode and "reduce-overhead" in cfg.compile_mode and e["compile"] == "on")
+                fns[name] = _guarded(e, lambda net, e=e, g=graphs: train_fn(net, e["opt"], xs, labels, amp, g), log)
             add("train", b, "images/s", measure(fns, timer, cfg.warmup, cfg.steps, cfg.repeats))
             del xs
 
@@ -626,32 +648,44 @@ def run_e2e(cfg, nets, device, amp, fmt, timer, log, add) -> dict:
                               cfg.repeats)
             synth_row = add("step_u8", b, "images/s", synth_t)
             del u8
-            # the loader alone, then loader -> TrainStep
+            # the loader alone, then loader -> TrainStep: the default loader, then any variants
             steps = max(1, min(cfg.e2e_steps, len(split) // b - cfg.warmup - 1))
-            loader_kw = {} if cfg.threads is None else {"threads": cfg.threads}
-
-            def loader():
-                return BatchLoader(split, b, shuffle=True, seed=cfg.seed, epoch=b, drop_last=True, device=device,
-                                   **loader_kw)
-
-            probe = loader()
-            only = _timed_loop(probe, None, cfg.warmup, steps, timer)
-            fed = _timed_loop(loader(), step, cfg.warmup, steps, timer)
             synth_rate = synth_row["alexnet2012"]["images_per_s"]
-            rate = b * fed["steps"] / fed["seconds"]
-            r = {"loader_only_images_per_s": b * only["steps"] / only["seconds"],
-                 "e2e_images_per_s": rate, "synthetic_images_per_s": synth_rate,
-                 "e2e_over_synthetic": rate / synth_rate, "steps": fed["steps"], "seconds": fed["seconds"],
-                 "threads": probe.threads, "projected_90_epochs_h": EPOCHS * IMAGENET_TRAIN / rate / 3600}
-            out["batches"][str(b)] = r
-            log(f"  e2e batch {b}: {rate:,.0f} img/s = {100 * r['e2e_over_synthetic']:.1f}% of the synthetic "
-                f"{synth_rate:,.0f}; loader alone {r['loader_only_images_per_s']:,.0f} img/s "
-                f"({r['threads']} threads); 90 ImageNet epochs: {r['projected_90_epochs_h']:.2f} h")
+            configs = [(cfg.reader, cfg.threads)] + [_loader_variant(v) for v in cfg.loader_variants]
+            for k, (reader, threads) in enumerate(configs):
+                kw = {"reader": reader} | ({} if threads is None else {"threads": threads})
+
+                def loader(kw=kw):
+                    return BatchLoader(split, b, shuffle=True, seed=cfg.seed, epoch=b, drop_last=True,
+                                       device=device, **kw)
+
+                probe = loader()
+                only = _timed_loop(probe, None, cfg.warmup, steps, timer)
+                fed = _timed_loop(loader(), step, cfg.warmup, steps, timer)
+                rate = b * fed["steps"] / fed["seconds"]
+                r = {"loader_only_images_per_s": b * only["steps"] / only["seconds"],
+                     "e2e_images_per_s": rate, "synthetic_images_per_s": synth_rate,
+                     "e2e_over_synthetic": rate / synth_rate, "steps": fed["steps"], "seconds": fed["seconds"],
+                     "reader": probe.reader, "threads": probe.threads,
+                     "projected_90_epochs_h": EPOCHS * IMAGENET_TRAIN / rate / 3600}
+                if k == 0:
+                    out["batches"][str(b)] = r
+                else:
+                    out.setdefault("variants", []).append(dict(r, batch=b))
+                log(f"  e2e batch {b} [{probe.reader}, {probe.threads} threads]: {rate:,.0f} img/s = "
+                    f"{100 * r['e2e_over_synthetic']:.1f}% of the synthetic {synth_rate:,.0f}; loader alone "
+                    f"{r['loader_only_images_per_s']:,.0f} img/s; 90 ImageNet epochs: "
+                    f"{r['projected_90_epochs_h']:.2f} h")
         out["page_cache_after"] = page_cache_fraction(split.path)
     finally:
         if not cfg.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
     return out
+
+
+def _loader_variant(text: str) -> tuple[str, int | None]:
+    reader, _, threads = text.partition(":")
+    return reader, int(threads) if threads else None
 
 
 def _timed_loop(loader, step, warmup: int, steps: int, timer: Timer) -> dict:
@@ -713,7 +747,12 @@ def format_table(result: dict) -> str:
         for b, r in e2e.get("batches", {}).items():
             lines.append(f"{'end-to-end from prepared (img/s)':<34}{b:>6}{r['e2e_images_per_s']:>14,.0f}"
                          f"{'-':>14}{'-':>8}   {100 * r['e2e_over_synthetic']:.1f}% of uint8 step; loader alone "
-                         f"{r['loader_only_images_per_s']:,.0f}; 90 epochs {r['projected_90_epochs_h']:.2f} h")
+                         f"{r['loader_only_images_per_s']:,.0f} ({r['reader']}, {r['threads']} threads); "
+                         f"90 epochs {r['projected_90_epochs_h']:.2f} h")
+        for r in e2e.get("variants", []):
+            lines.append(f"{'  e2e, loader ' + r['reader'] + ', ' + str(r['threads']) + ' threads':<34}{r['batch']:>6}"
+                         f"{r['e2e_images_per_s']:>14,.0f}{'-':>14}{'-':>8}   {100 * r['e2e_over_synthetic']:.1f}% of "
+                         f"uint8 step; loader alone {r['loader_only_images_per_s']:,.0f}")
         d = e2e.get("data", {})
         pc = e2e.get("page_cache_before")
         lines.append(f"  data: {e2e.get('images', 0):,} images ({d.get('source', '')})"

@@ -221,7 +221,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                       compile_mode=args.compile_mode, reference=args.reference, fast=args.fast,
                       eval_batch=args.eval_batch, data=args.data, replicate_to=args.replicate_to,
                       e2e_batches=tuple(args.e2e_batch) if args.e2e_batch else None, e2e_steps=args.e2e_steps,
-                      threads=args.threads, workdir=args.workdir, cold=args.cold,
+                      threads=args.threads, reader=args.reader, loader_variants=tuple(args.loader_variants or ()),
+                      workdir=args.workdir, cold=args.cold,
                       rows=tuple(args.rows) if args.rows else ("train", "infer", "tencrop", "e2e"),
                       profile=args.profile, log=None if args.quiet else log)
     try:
@@ -254,6 +255,9 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--e2e-batch", type=int, nargs="+", help="end-to-end batch sizes (default: --batch)")
     p.add_argument("--e2e-steps", type=int, help="timed loader-fed steps (default 300)")
     p.add_argument("--threads", type=int, help="loader threads")
+    p.add_argument("--reader", choices=["auto", "gather", "pread", "split"], default="auto", help="loader reader")
+    p.add_argument("--loader-variants", nargs="+", metavar="READER:THREADS",
+                   help="more end-to-end runs with other loader settings, e.g. pread:4 gather:1")
     p.add_argument("--workdir", help="keep made or replicated data here (default: a temporary folder)")
     p.add_argument("--cold", action="store_true", help="drop the data file from the page cache first")
     p.add_argument("--profile", action="store_true", help="GPU time per op category of one train step")
@@ -422,6 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-train", type=int, default=10000, help="training images searched for neighbours (0: all)")
     p.set_defaults(func=cmd_report)
     add_bench_parser(sub)
+    from alexnet.memory import add_parser as add_memory_parser
+
+    add_memory_parser(sub)
     return parser
 
 

@@ -58,6 +58,8 @@ def evaluate_split(net, split, mean, crop, crops, device, amp_dtype, channels_la
                          device=device, rank=rank, world_size=world)
     counts = torch.zeros(3, dtype=torch.float64, device=device)   # images, top-1 misses, top-5 misses
     for images, labels in loader:
+        if labels.numel() == 0:  # a rank's share of a small split can be empty
+            continue
         if label_map is not None:
             labels = label_map.to(labels.device)[labels]
         probs = crop_probabilities(nets, images, mean, crop, crops, amp_dtype, channels_last, scales)

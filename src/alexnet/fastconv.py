@@ -9,6 +9,11 @@ conv1 as space-to-depth
     taps are zero). Output o reads input rows 4o .. 4o+10 = blocks o, o+1, o+2. Same products,
     plus multiplications by zero taps (432 vs 363 per output), on a dense 3x3 48-channel shape.
 
+max-pooling (pool1, pool2)
+    `max_pool` runs the Triton kernels of alexnet.kernels.max_pool through a custom operator: the
+    forward keeps each window's argmax (int8), the backward gathers (compiled, torch's own
+    backward recomputes every window's argmax from the input). Same function as F.max_pool2d.
+
 grouped convolutions (conv2, conv4, conv5, two columns)
     "grouped": `groups=2` (the reference); "blockdiag": one dense convolution with a weight that
     is zero off the two diagonal blocks (twice the multiply-adds, one dense kernel; the zero
@@ -34,19 +39,21 @@ try:  # the fused kernel needs Triton; where it does not import, the reference r
 except ImportError:
     HAVE_TRITON = False
 
-__all__ = ["DEFAULTS", "CONV1_MODES", "GROUPED_MODES", "space_to_depth_conv", "blockdiag_weight",
-           "grouped_conv", "relu_response_norm", "parse_options"]
+__all__ = ["DEFAULTS", "CONV1_MODES", "GROUPED_MODES", "POOL_MODES", "space_to_depth_conv", "blockdiag_weight",
+           "grouped_conv", "relu_response_norm", "max_pool", "parse_options"]
 
 CONV1_MODES = ("direct", "s2d")
 GROUPED_MODES = ("grouped", "blockdiag", "split")
+POOL_MODES = ("torch", "triton")
 
 #: The fast path's choices (chosen by measurement on an H100, docs/notes-speed.md).
 DEFAULTS: dict[str, object] = {
     "conv1": "s2d",
-    "conv2": "grouped",
+    "conv2": "blockdiag",
     "conv4": "grouped",
     "conv5": "grouped",
     "relu_lrn": True,     # the ReLU before each response normalisation fused into its kernel
+    "pool": "triton",     # pool1 and pool2: the Triton max-pool that keeps its argmax (alexnet.kernels.max_pool)
 }
 
 
@@ -68,6 +75,10 @@ def parse_options(text: str | None) -> dict[str, object]:
         elif key == "conv1":
             if value not in CONV1_MODES:
                 raise ValueError(f"conv1 mode {value!r}: {', '.join(CONV1_MODES)}")
+            out[key] = value
+        elif key == "pool":
+            if value not in POOL_MODES:
+                raise ValueError(f"pool mode {value!r}: {', '.join(POOL_MODES)}")
             out[key] = value
         else:
             if value not in GROUPED_MODES:
@@ -269,3 +280,90 @@ def relu_response_norm(x: torch.Tensor, size: int, scale: float, beta: float, k:
     from alexnet.layers import response_norm
 
     return response_norm(torch.relu(x) if relu else x, size, scale, beta, k, groups)
+
+
+# ------------------------------------------------------------------------------------ max-pool
+
+
+def _pool_kernels():
+    if not HAVE_TRITON:
+        return None
+    try:
+        from alexnet.kernels import max_pool as mp
+    except ImportError:
+        return None
+    return mp
+
+
+def _window_argmax(flat_idx: torch.Tensor, w: int, kernel: int, stride: int) -> torch.Tensor:
+    """torch's flat (h * W + w) argmax of each window -> its position in the window, i * K + j."""
+    oh, ow = flat_idx.shape[-2:]
+    rows = torch.arange(oh, device=flat_idx.device).view(-1, 1) * stride
+    cols = torch.arange(ow, device=flat_idx.device).view(1, -1) * stride
+    return ((flat_idx // w - rows) * kernel + (flat_idx % w - cols)).to(torch.int8)
+
+
+@torch.library.custom_op("alexnet::max_pool", mutates_args=())
+def _max_pool_op(x: torch.Tensor, kernel: int, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+    mp = _pool_kernels()
+    if mp is None or not x.is_cuda:
+        y, flat = F.max_pool2d(x, kernel, stride, return_indices=True)
+        return _channels_last_copy(y), _channels_last_copy(_window_argmax(flat, x.shape[-1], kernel, stride))
+    return mp.pool_forward(x, kernel, stride)
+
+
+def _channels_last_copy(t: torch.Tensor) -> torch.Tensor:
+    """t with exactly the strides torch.empty(..., memory_format=channels_last) gives."""
+    return torch.empty(t.shape, dtype=t.dtype, device=t.device, memory_format=torch.channels_last).copy_(t)
+
+
+@_max_pool_op.register_fake
+def _(x, kernel, stride):
+    n, c, h, w = x.shape
+    oh, ow = (h - kernel) // stride + 1, (w - kernel) // stride + 1
+    y = torch.empty((n, c, oh, ow), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    return y, torch.empty((n, c, oh, ow), dtype=torch.int8, device=x.device, memory_format=torch.channels_last)
+
+
+@torch.library.custom_op("alexnet::max_pool_backward", mutates_args=())
+def _max_pool_backward_op(g: torch.Tensor, idx: torch.Tensor, h: int, w: int, kernel: int,
+                          stride: int) -> torch.Tensor:
+    mp = _pool_kernels()
+    if mp is None or not g.is_cuda:
+        n, c, oh, ow = g.shape
+        dx = g.new_zeros((n, c, h, w))
+        for i in range(kernel):
+            for j in range(kernel):
+                hit = (idx == i * kernel + j).to(g.dtype)
+                dx[:, :, i:i + stride * (oh - 1) + 1:stride, j:j + stride * (ow - 1) + 1:stride] += g * hit
+        return _channels_last_copy(dx)
+    return mp.pool_backward(g, idx, h, w, kernel, stride)
+
+
+@_max_pool_backward_op.register_fake
+def _(g, idx, h, w, kernel, stride):
+    n, c = g.shape[:2]
+    return torch.empty((n, c, h, w), dtype=g.dtype, device=g.device, memory_format=torch.channels_last)
+
+
+def _pool_setup(ctx, inputs, output):
+    x, kernel, stride = inputs
+    ctx.save_for_backward(output[1])
+    ctx.geometry = (x.shape[-2], x.shape[-1], kernel, stride)
+
+
+def _pool_backward(ctx, gy, gidx):
+    (idx,) = ctx.saved_tensors
+    return _max_pool_backward_op(gy, idx, *ctx.geometry), None, None
+
+
+_max_pool_op.register_autograd(_pool_backward, setup_context=_pool_setup)
+
+
+def max_pool(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
+    """F.max_pool2d(x, kernel, stride) (no padding, floor mode); on CUDA for channels_last input,
+    the Triton kernels as one custom operator (see the module docstring)."""
+    if (x.is_cuda and HAVE_TRITON and x.dim() == 4 and x.dtype in (torch.float32, torch.float16, torch.bfloat16)
+            and x.is_contiguous(memory_format=torch.channels_last)):
+        return _max_pool_op(x, int(kernel), int(stride))[0]
+    return F.max_pool2d(x, kernel, stride)

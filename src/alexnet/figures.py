@@ -223,8 +223,10 @@ def predictions_figure(preds: list[dict], path: str | Path | None = None, title:
 
     ncols = min(4, len(preds))
     nrows = math.ceil(len(preds) / ncols)
-    fig = Figure(figsize=(2.4 * ncols, 3.3 * nrows + (0.3 if title else 0)), dpi=90)
-    grid = fig.add_gridspec(2 * nrows, ncols, height_ratios=[1.25, 1] * nrows, hspace=0.35, wspace=0.9)
+    height = 3.0 * nrows + (0.4 if title else 0.1)
+    fig = Figure(figsize=(2.5 * ncols, height), dpi=90)
+    grid = fig.add_gridspec(2 * nrows, ncols, height_ratios=[1.3, 1] * nrows, hspace=0.5, wspace=1.0,
+                            left=0.11, right=0.98, bottom=0.35 / height, top=1 - (0.6 if title else 0.25) / height)
     for i, p in enumerate(preds):
         r, c = divmod(i, ncols)
         ax = fig.add_subplot(grid[2 * r, c])
@@ -295,8 +297,8 @@ def nearest_neighbours(model: nn.Module, ckpt: dict, data, split: str | None = N
         nn_idx = [int(x) for x in best_i[j].tolist() if x >= 0]
         rows.append({"index": i, "label": int(q_labels[j]), "label_name": names[int(q_labels[j])],
                      "image": part.read([i])[0].permute(1, 2, 0).contiguous().numpy(),
-                     "neighbours": [{"index": t, "label": int(train_labels[t]), "label_name": names[int(train_labels[t])],
-                                     "distance": float(dd),
+                     "neighbours": [{"index": t, "label": int(train_labels[t]),
+                                     "label_name": names[int(train_labels[t])], "distance": float(dd),
                                      "image": train.read([t])[0].permute(1, 2, 0).contiguous().numpy()}
                                     for t, dd in zip(nn_idx, best_d[j].tolist())]})
     same = [sum(n["label"] == r["label"] for n in r["neighbours"]) for r in rows]

@@ -4,8 +4,8 @@ The paper trained on two GTX 580s with 3 GB each and says the network was "too b
 GPU". `measure()` answers it on a CUDA device today, for one training step at batch 128, fp32 (the
 GTX 580 had no bf16), with the paper's SGD (`PaperSGD`: one velocity per parameter):
 
-* `whole`: the grouped `AlexNet2012` on one device: the peak of `torch.cuda.max_memory_allocated`
-  over a few steps (parameters, gradients, velocities, the input batch, the activations saved for
+* `whole`: the grouped `AlexNet2012` on one device, on its plain layers (`impl="reference"`,
+  as a `Column` computes): the peak of `torch.cuda.max_memory_allocated` over a few steps (parameters, gradients, velocities, the input batch, the activations saved for
   backward, and cuDNN/cuBLAS workspaces, which PyTorch takes from its allocator).
 * `column_0`, `column_1`: one `Column` on its own, as one GPU of the pair saw it: its share of the
   weights, the whole input batch, and the tensors the other column sends (its pool2 maps into
@@ -73,9 +73,14 @@ def apply_memory_cap(cap_gb: float | None, devices) -> list[dict]:
 
 
 def _config(num_classes: int):
+    """The paper's network on its plain layers (`impl="reference"`, as `Column` computes), so the
+    whole network and a column are measured alike."""
+    import dataclasses
+
     from alexnet.models.alexnet2012 import AlexNet2012Config
 
-    return AlexNet2012Config(num_classes=num_classes)
+    fields = {f.name for f in dataclasses.fields(AlexNet2012Config)}
+    return AlexNet2012Config(num_classes=num_classes, **({"impl": "reference"} if "impl" in fields else {}))
 
 
 def _batch(batch: int, size: int, classes: int, dev):
@@ -171,14 +176,14 @@ def _fresh(dev) -> None:
 def _peak(run, dev) -> dict:
     """Run `run()` from an empty allocator; its peak allocated and reserved bytes, or the OOM."""
     _fresh(dev)
-    base = torch.cuda.memory_allocated(dev)
+    base, base_reserved = torch.cuda.memory_allocated(dev), torch.cuda.memory_reserved(dev)   # the caller's
     error = None
     try:
         run()
     except torch.cuda.OutOfMemoryError as e:      # under a cap: this one does not fit
         error = str(e).splitlines()[0][:200]
     result = {"peak_allocated_bytes": torch.cuda.max_memory_allocated(dev) - base,
-              "peak_reserved_bytes": torch.cuda.max_memory_reserved(dev), "fits": error is None}
+              "peak_reserved_bytes": torch.cuda.max_memory_reserved(dev) - base_reserved, "fits": error is None}
     if error:
         result["error"] = error
     _fresh(dev)
@@ -231,7 +236,8 @@ def measure(batch: int = 128, cap_gb: float | None = None, steps: int = 3, devic
     index = dev.index if dev.index is not None else 0
     dev = torch.device("cuda", index)
 
-    before = _nvml_used(index)
+    started = torch.cuda.is_initialized()          # then NVML's before/after says nothing
+    before = None if started else _nvml_used(index)
     torch.cuda.init()
     torch.cuda.set_device(dev)
     torch.empty(1, device=dev)                         # the context exists now
@@ -241,7 +247,8 @@ def measure(batch: int = 128, cap_gb: float | None = None, steps: int = 3, devic
         ctx_init, how = after - before, "NVML: device memory used after CUDA init minus before"
     else:
         ctx_init, how = (total - free) - torch.cuda.memory_reserved(dev), \
-            "device memory in use minus the allocator's reserve (assumes no other process on the GPU)"
+            "device memory in use minus the allocator's reserve (assumes no other process on the GPU)" + (
+                "; CUDA had been started in this process before" if started else "")
     report.update(measured=True, device=f"cuda:{index}", gpu=torch.cuda.get_device_name(dev),
                   total_bytes=total, torch=str(torch.__version__))
 
@@ -261,7 +268,10 @@ def measure(batch: int = 128, cap_gb: float | None = None, steps: int = 3, devic
                              "method": how}
 
         if cap_gb is not None:
-            cap = {"cap_gb": cap_gb, "cap_bytes": int(cap_gb * GiB), "fraction": min(1.0, cap_gb * GiB / total),
+            _fresh(dev)
+            held = torch.cuda.memory_reserved(dev)   # tensors the caller keeps: not the measured run's
+            cap = {"cap_gb": cap_gb, "cap_bytes": int(cap_gb * GiB),
+                   "fraction": min(1.0, (cap_gb * GiB + held) / total), "held_by_caller_bytes": held,
                    "note": "the cap bounds the caching allocator; fits_with_context adds the CUDA context"}
             torch.cuda.set_per_process_memory_fraction(cap["fraction"], dev)
             try:

@@ -85,9 +85,10 @@ def build_report(run: str | Path, out: str | Path | None = None, data: str | Non
     test = json.loads((run / "test.json").read_text()) if (run / "test.json").exists() else {}
     ckpt_path = next((p for p in (run / "best.pt", run / "last.pt") if p.exists()), None)
 
+    arch = f"{cfg.get('arch')} {json.dumps(cfg.get('arch_options', {}))}"
     parts = [f"<h1>{html.escape(run.name)}</h1>",
-             f"<p class='sub'>{html.escape(str(cfg.get('arch')))} {html.escape(json.dumps(cfg.get('arch_options', {})))}"
-             f" &middot; alexnet {html.escape(str(config.get('alexnet')))} &middot; {html.escape(str(run.resolve()))}</p>"]
+             f"<p class='sub'>{html.escape(arch)} &middot; alexnet {html.escape(str(config.get('alexnet')))} "
+             f"&middot; {html.escape(str(run.resolve()))}</p>"]
 
     # Headline numbers
     kpis = []
@@ -126,7 +127,8 @@ def build_report(run: str | Path, out: str | Path | None = None, data: str | Non
         png, rep = kernels_figure(model)
         parts.append(_img(png, "conv1 kernels"))
         parts.append(_table([(c["column"], c["kernels"], f"{c['colour_specificity']:.3f}",
-                              f"{c['colour_specificity_sd']:.3f}", c["colour_specific_kernels"]) for c in rep["columns"]],
+                              f"{c['colour_specificity_sd']:.3f}", c["colour_specific_kernels"])
+                             for c in rep["columns"]],
                             ("column", "kernels", "colour specificity (mean)", "sd", "kernels above 0.5")))
     else:
         parts.append("<h2>Figure 3: conv1 kernels</h2><p class='note'>no checkpoint in the run</p>")

@@ -15,10 +15,12 @@ Images come as uint8 ``(b, 3, S, S)`` channels_last (a permute of the stored HWC
 as int64, both on ``device``. On CUDA the batch is read into pinned memory and copied on a side
 stream ahead of use; the consumer's stream waits for the copy.
 
-Reading: a raw-encoded prepared split is read with one ``pread`` per image straight into the
-(pinned) batch buffer, by ``threads`` threads (the system call releases the GIL; no memory map, so
-no page faults over a file of hundreds of GB). Other splits (JPEG-encoded, or any object with
-``read(indices, out)``) go through their own ``read``. ``reader="split"`` forces the latter.
+Reading: a raw-encoded prepared split is gathered with one ``torch.index_select`` per part of
+the batch from the memory-mapped file straight into the (pinned) batch buffer, by ``threads``
+threads (``reader="gather"``, the default): the GIL is released for the whole copy, so the
+training loop's thread keeps it. ``reader="pread"`` reads with one ``pread`` per image instead.
+Other splits (JPEG-encoded, or any object with ``read(indices, out)``) go through their own
+``read``; ``reader="split"`` forces that.
 """
 
 from __future__ import annotations
@@ -59,37 +61,69 @@ def shard_bounds(b: int, rank: int, world_size: int) -> tuple[int, int]:
 
 
 def default_threads() -> int:
-    """Reader threads: 8 where there are 8 cores or more, else one per core."""
-    return min(8, os.cpu_count() or 1)
+    """Reader threads: 4, or one per core on smaller machines."""
+    return min(4, os.cpu_count() or 1)
+
+
+READERS = ("auto", "gather", "pread", "split")
 
 
 class _RawFile:
-    """pread-based reader of a raw prepared split: row i of the (N, S, S, 3) uint8 file at i*S*S*3."""
+    """Reader of a raw prepared split (row i of the (N, S, S, 3) uint8 file at i * S * S * 3) that
+    holds the GIL for one call per batch part, not per image, so that the training loop's own
+    Python thread is not slowed down by the reader threads:
 
-    def __init__(self, split):
+    * "gather": `torch.index_select` from the memory-mapped file straight into the pinned buffer
+      (ATen copies the rows, in parallel, with the GIL released);
+    * "pread": one `os.preadv` per image (no memory map, no page faults; a Python loop per image).
+    """
+
+    def __init__(self, split, mode: str):
+        self.mode = mode
         self.row = split.size * split.size * 3
         self.index = getattr(split, "_index", None)   # a subset's positions in the stored split
         self.path = split.path
-        self.fd = os.open(self.path, os.O_RDONLY)
-        if hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_RANDOM)  # no read-ahead for random rows
+        self.fd = None
+        if mode == "gather":
+            import warnings
+
+            count = os.path.getsize(self.path) // self.row
+            self._mm = np.memmap(self.path, np.uint8, "r", shape=(count, self.row))
+            with warnings.catch_warnings():             # read-only memory: never written here
+                warnings.simplefilter("ignore", UserWarning)
+                self.src = torch.from_numpy(self._mm)
+        else:
+            self.fd = os.open(self.path, os.O_RDONLY)
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_RANDOM)  # no read-ahead for random rows
 
     @classmethod
-    def open_for(cls, split) -> "_RawFile | None":
+    def open_for(cls, split, reader: str) -> "_RawFile | None":
         """A reader for a raw PreparedSplit; None for anything else (its own read() is used)."""
-        if (type(split).__name__ != "PreparedSplit" or getattr(split, "encoding", None) != "raw"
-                or not hasattr(os, "preadv")):
+        if reader == "split" or type(split).__name__ != "PreparedSplit" or getattr(split, "encoding", None) != "raw":
+            return None
+        mode = "gather" if reader == "auto" else reader
+        if mode == "pread" and not hasattr(os, "preadv"):
             return None
         try:
-            return cls(split)
-        except OSError:
+            return cls(split, mode)
+        except (OSError, ValueError):
             return None
 
-    def read(self, idx: torch.Tensor, out: torch.Tensor) -> None:
-        rows = idx.numpy().astype(np.int64, copy=False)
+    def _rows(self, idx: torch.Tensor) -> torch.Tensor:
+        rows = idx.to(torch.int64)
         if self.index is not None:
-            rows = self.index[rows]
-        flat = out.view(len(rows), self.row).numpy()
+            rows = torch.from_numpy(self.index)[rows]
+        return rows
+
+    def read(self, idx: torch.Tensor, out: torch.Tensor) -> None:
+        rows = self._rows(idx)
+        flat = out.view(len(rows), self.row)
+        if self.mode == "gather":
+            torch.index_select(self.src, 0, rows, out=flat)
+            return
+        flat = flat.numpy()
+        rows = rows.numpy()
         for j in np.argsort(rows, kind="stable").tolist():   # ascending file offsets
             mv = memoryview(flat[j])
             off = int(rows[j]) * self.row
@@ -101,7 +135,9 @@ class _RawFile:
                 got += n
 
     def close(self) -> None:
-        os.close(self.fd)
+        if self.fd is not None:
+            os.close(self.fd)
+        self.src = self._mm = None
 
 
 class _Failure:
@@ -149,8 +185,8 @@ class BatchLoader:
         if threads is None:
             threads = default_threads()
         self.threads = max(1, int(threads))
-        if reader not in ("auto", "split"):
-            raise ValueError(f"unknown reader {reader!r}: auto, split")
+        if reader not in READERS:
+            raise ValueError(f"unknown reader {reader!r}: {', '.join(READERS)}")
         self.reader = reader
         self.n = len(split)
         self.batches_per_epoch = num_batches(self.n, self.batch_size, self.drop_last)
@@ -205,7 +241,7 @@ class BatchLoader:
         stream = torch.cuda.Stream(self.device) if cuda else None
         raw = None
         try:
-            raw = _RawFile.open_for(self.split) if self.reader == "auto" else None
+            raw = _RawFile.open_for(self.split, self.reader)
             for idx in shards:
                 if stop.is_set():
                     return

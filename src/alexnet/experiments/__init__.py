@@ -260,8 +260,8 @@ def time_step(arch: str, options: dict, crop: int, image_size: int, batch: int, 
 
     dev = resolve_device(device)
     cuda = dev.type == "cuda"
-    steps = steps or (10 if cuda else 2)
-    warmup = warmup or (5 if cuda else 1)
+    steps = steps or (10 if cuda else 3)
+    warmup = warmup or (5 if cuda else 2)
     opts = dict(options)
     if "input_size" in opts or arch.startswith("cifar"):
         opts["input_size"] = crop

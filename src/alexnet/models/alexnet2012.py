@@ -13,7 +13,8 @@ Layer by layer, for a 224x224 input (per column in brackets; PAPER.md, Architect
 
 `impl` picks how the same function is computed: "auto" (default) runs the fast formulations of
 `alexnet.fastconv` on CUDA (conv1 as a space-to-depth 3x3 convolution, the ReLU fused into the
-response-normalisation kernel, the grouped layers as measured fastest) and the plain layers
+response-normalisation kernel, pool1/pool2 through a Triton max-pool that keeps its argmax, the
+grouped layers as measured fastest) and the plain layers
 elsewhere; "reference" always runs the plain layers; "fast" forces the fast ones (tests).
 
 On one device the columns are grouped convolutions (`groups=2` in conv2, conv4, conv5): output
@@ -147,6 +148,11 @@ class AlexNet2012(nn.Module):
         return fastconv.grouped_conv(x, layer.weight, layer.bias, layer.padding[0], layer.groups,
                                      fast.get(name, "grouped"))
 
+    def _pool(self, pool: nn.MaxPool2d, x: torch.Tensor, fast: dict | None) -> torch.Tensor:
+        if fast is None or fast.get("pool", "torch") != "triton":
+            return pool(x)
+        return fastconv.max_pool(x, pool.kernel_size, pool.stride)
+
     # The 2012 code's conv1 order: conv, LRN, pool, ReLU (LRN sees pre-ReLU values).
     def _stage1(self, x: torch.Tensor, fast: dict | None = None) -> torch.Tensor:
         if fast is not None and fast.get("conv1") == "s2d":
@@ -157,16 +163,16 @@ class AlexNet2012(nn.Module):
             if fast is not None and isinstance(self.norm1, ResponseNorm) and self.norm1.impl == "auto":
                 n = self.norm1
                 x = fastconv.relu_response_norm(x, n.size, n.scale, n.beta, n.k, n.groups, relu=False)
-                return self.act1(self.pool1(x))
-            return self.act1(self.pool1(self.norm1(x)))
-        return self.pool1(self._act_norm(self.act1, self.norm1, x, fast))
+                return self.act1(self._pool(self.pool1, x, fast))
+            return self.act1(self._pool(self.pool1, self.norm1(x), fast))
+        return self._pool(self.pool1, self._act_norm(self.act1, self.norm1, x, fast), fast)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The convolutional part: (N, 3, 224, 224) -> (N, 256, 6, 6)."""
         fast = self._fast(x)
         x = self._stage1(x, fast)                                          # (N, 96, 27, 27)
         x = self._grouped(self.conv2, x, fast, "conv2")
-        x = self.pool2(self.mapnorm2(self._act_norm(self.act2, self.norm2, x, fast)))  # (N, 256, 13, 13)
+        x = self._pool(self.pool2, self.mapnorm2(self._act_norm(self.act2, self.norm2, x, fast)), fast)  # 13x13
         x = self.act3(self.conv3(x))                                       # (N, 384, 13, 13)
         x = self.act4(self._grouped(self.conv4, x, fast, "conv4"))         # (N, 384, 13, 13)
         return self.pool5(self.act5(self._grouped(self.conv5, x, fast, "conv5")))  # (N, 256, 6, 6)
