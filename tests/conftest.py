@@ -71,6 +71,12 @@ def shapes_prepared(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def shapes(shapes_prepared) -> Path:
+    """The same prepared synthetic dataset, under the name the training tests use (read-only)."""
+    return shapes_prepared
+
+
+@pytest.fixture(scope="session")
 def trained_run(shapes_prepared, tmp_path_factory) -> Path:
     """A run directory of cifar-fig1 trained for one epoch on the synthetic shapes."""
     from alexnet.train import TrainConfig, train

@@ -26,17 +26,6 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 @pytest.fixture(scope="module")
-def shapes(tmp_path_factory) -> Path:
-    """The embedded synthetic dataset, prepared at 32x32: 300 train, 80 test images, 10 classes."""
-    from alexnet.data.prepare import prepare
-    from alexnet.data.synthetic import make_shapes
-
-    root = tmp_path_factory.mktemp("shapes")
-    src = make_shapes(root / "src", n_train_per_class=30, n_test_per_class=8)
-    return prepare(src, root / "prepared", size=32, workers=1, progress=False)
-
-
-@pytest.fixture(scope="module")
 def shapes224(tmp_path_factory) -> Path:
     """One image per class and split, prepared at 224 (alexnet2012's crop): 10 train, 10 test."""
     from alexnet.data.prepare import prepare

@@ -19,17 +19,6 @@ from alexnet.train import TrainConfig, train
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
-@pytest.fixture(scope="session")
-def shapes(tmp_path_factory) -> Path:
-    """A small prepared copy of the embedded synthetic dataset (train/test, 32x32)."""
-    from alexnet.data.prepare import prepare
-    from alexnet.data.synthetic import make_shapes
-
-    root = tmp_path_factory.mktemp("shapes")
-    src = make_shapes(root / "src", n_train_per_class=30, n_test_per_class=8)
-    return prepare(src, root / "prepared", size=32, workers=1, progress=False)
-
-
 def tiny(shapes, out, **kw) -> TrainConfig:
     base = dict(data=str(shapes), out=str(out), arch="cifar-fig1", epochs=2, batch_size=32, lr=0.01,
                 schedule="step", milestones=[1], progress=False, deterministic=True, test_crops=(1,),
