@@ -99,3 +99,26 @@ def cifar10(tmp_path_factory) -> Path:
     with tarfile.open(archive) as tar:
         tar.extractall(root, filter="data")
     return root / "cifar10-jpeg"
+
+
+# ============================================================================ process helpers
+# (tests/test_columns.py, tests/test_distributed.py)
+
+
+def spawn_processes(fn, args, nprocs: int = 2, timeout_s: float = 120.0) -> None:
+    """Run fn(rank, *args) in `nprocs` spawned processes; fail (never hang) after `timeout_s`."""
+    import time
+
+    import torch.multiprocessing as mp
+
+    ctx = mp.start_processes(fn, args=args, nprocs=nprocs, join=False, start_method="spawn")
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not ctx.join(timeout=max(0.1, deadline - time.monotonic())):
+            if time.monotonic() > deadline:
+                pytest.fail(f"distributed test did not finish in {timeout_s:.0f} s")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+                p.join()

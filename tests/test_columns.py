@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
+from conftest import spawn_processes
 import torch
 import torch.nn.functional as F
 
@@ -239,25 +239,9 @@ def _distributed_worker(rank: int, store_path: str, recipe: str) -> None:
         d.cleanup()
 
 
-def _spawn(fn, args, nprocs: int = 2, timeout_s: float = 120.0) -> None:
-    import torch.multiprocessing as mp
-
-    ctx = mp.start_processes(fn, args=args, nprocs=nprocs, join=False, start_method="spawn")
-    deadline = time.monotonic() + timeout_s
-    try:
-        while not ctx.join(timeout=max(0.1, deadline - time.monotonic())):
-            if time.monotonic() > deadline:
-                pytest.fail(f"distributed test did not finish in {timeout_s:.0f} s")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.kill()
-                p.join()
-
-
 @pytest.mark.distributed
 @pytest.mark.slow
 def test_distributed_columns_on_two_gloo_processes_equal_the_grouped_network(tmp_path):
     """Rank r holds column r: forward, loss, gradients and one PaperSGD step equal the grouped
     model's (cuda-convnet recipe: its within-map norm, conv1 order and bias groups too)."""
-    _spawn(_distributed_worker, (os.fspath(tmp_path / "store"), "cuda-convnet"))
+    spawn_processes(_distributed_worker, (os.fspath(tmp_path / "store"), "cuda-convnet"))

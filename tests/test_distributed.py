@@ -13,10 +13,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from conftest import spawn_processes
 import torch
 
 from alexnet.checkpoint import load_checkpoint
@@ -149,22 +149,6 @@ def _eval_worker(rank: int, store: str, data: str, out: str) -> None:
         d.cleanup()
 
 
-def _spawn(fn, args, nprocs: int = 2, timeout_s: float = 120.0) -> None:
-    import torch.multiprocessing as mp
-
-    ctx = mp.start_processes(fn, args=args, nprocs=nprocs, join=False, start_method="spawn")
-    deadline = time.monotonic() + timeout_s
-    try:
-        while not ctx.join(timeout=max(0.1, deadline - time.monotonic())):
-            if time.monotonic() > deadline:
-                pytest.fail(f"distributed test did not finish in {timeout_s:.0f} s")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.kill()
-                p.join()
-
-
 @pytest.mark.distributed
 def test_distributed_evaluation_counts_each_image_once(shapes, tmp_path):
     from alexnet.data.prepared import PreparedData
@@ -172,7 +156,7 @@ def test_distributed_evaluation_counts_each_image_once(shapes, tmp_path):
     from alexnet.models import build_model
 
     out = tmp_path / "result.json"
-    _spawn(_eval_worker, (os.fspath(tmp_path / "store"), os.fspath(shapes), os.fspath(out)))
+    spawn_processes(_eval_worker, (os.fspath(tmp_path / "store"), os.fspath(shapes), os.fspath(out)))
     got = json.loads(out.read_text())
     prepared = PreparedData.open(shapes)
     torch.manual_seed(0)

@@ -32,7 +32,7 @@ import torch
 
 from alexnet.errors import DataError
 
-__all__ = ["budget_table", "epochs_to_error", "format_table", "prepared_data", "run_many", "run_or_reuse",
+__all__ = ["budget_table", "epochs_to_error", "experiment_data", "format_table", "prepared_data", "run_many", "run_or_reuse",
            "seed_summary", "subset_prepared", "time_step"]
 
 Log = Callable[[str], None]
@@ -96,6 +96,23 @@ def prepared_data(data: str | Path, work: Path, image_size: int, log: Log = prin
     out = work / "data"
     log(f"preparing {src} -> {out} ({image_size}x{image_size}); done once, reused by every run")
     return prepare(src, out, size=image_size, progress=True)
+
+
+def experiment_data(data: str | Path, work: Path, image_size: int, train_images: int | None,
+                    test_images: int | None, log: Log = print) -> Path:
+    """The prepared data an experiment runs on: `data` prepared once under `work`, cut to a
+    class-balanced subset of `train_images` / `test_images` (test and val) when either is given."""
+    prepared = prepared_data(data, work, image_size, log)
+    if not (train_images or test_images):
+        return prepared
+    from alexnet.data.prepared import PreparedData
+
+    sizes = {s: None for s in PreparedData.open(prepared).splits}
+    sizes["train"] = train_images
+    for s in ("test", "val"):
+        if s in sizes:
+            sizes[s] = test_images
+    return subset_prepared(prepared, work / "data-subset", sizes)
 
 
 def _balanced(labels: np.ndarray, n: int, classes: int, seed: int) -> np.ndarray:

@@ -27,8 +27,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from alexnet.experiments import (budget_table, format_table, prepared_data, run_many, run_seconds,
-                                 seed_summary, subset_prepared, time_step)
+from alexnet.experiments import (budget_table, experiment_data, format_table, run_many, run_seconds,
+                                 seed_summary, time_step)
 
 
 @dataclass(frozen=True)
@@ -119,15 +119,7 @@ def run_ablations(cfg: AblationConfig, log=print) -> dict:
     arch = get_arch(cfg.arch)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    data = prepared_data(cfg.data, out, arch.image_size, log)
-    if cfg.train_images or cfg.test_images:
-        full = PreparedData.open(data)
-        sizes = {s: None for s in full.splits}
-        sizes["train"] = cfg.train_images
-        for s in ("test", "val"):
-            if s in sizes:
-                sizes[s] = cfg.test_images
-        data = subset_prepared(data, out / "data-subset", sizes)
+    data = experiment_data(cfg.data, out, arch.image_size, cfg.train_images, cfg.test_images, log)
     prepared = PreparedData.open(data)
     n_train = len(prepared.split("train"))
     n_eval = max((len(prepared.split(s)) for s in ("test", "val") if s in prepared.splits), default=0)

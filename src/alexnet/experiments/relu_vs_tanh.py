@@ -27,8 +27,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from alexnet.experiments import (budget_table, epochs_to_error, format_table, prepared_data, run_many,
-                                 run_seconds, seed_summary, subset_prepared, time_step)
+from alexnet.experiments import (experiment_data, budget_table, epochs_to_error, format_table, run_many,
+                                 run_seconds, seed_summary, time_step)
 
 ACTIVATIONS = ("relu", "tanh")
 PAPER_RATIO = 6.0
@@ -95,15 +95,7 @@ def run_relu_vs_tanh(cfg: ReluTanhConfig, log=print) -> dict:
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    data = prepared_data(cfg.data, out, IMAGE_SIZE, log)
-    if cfg.train_images or cfg.test_images:
-        full = PreparedData.open(data)
-        sizes = {s: None for s in full.splits}
-        sizes["train"] = cfg.train_images
-        for s in ("test", "val"):
-            if s in sizes:
-                sizes[s] = cfg.test_images
-        data = subset_prepared(data, out / "data-subset", sizes)
+    data = experiment_data(cfg.data, out, IMAGE_SIZE, cfg.train_images, cfg.test_images, log)
     prepared = PreparedData.open(data)
     classes = prepared.num_classes
     n_train = len(prepared.split("train"))
