@@ -1,0 +1,119 @@
+"""What a run needs to know about the machine: the device, the precision, the hardware and code
+version it ran on, and files written so that a kill at any moment leaves the old or the new one."""
+
+from __future__ import annotations
+
+import errno
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+from alexnet.errors import AlexnetError, ConfigError
+
+__all__ = ["resolve_device", "amp_dtype", "hardware", "git_commit", "atomic_write_bytes", "atomic_write_text",
+           "DiskFull", "remove_stale_temporaries"]
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """auto: CUDA when torch sees a GPU, else the CPU; cpu; cuda; cuda:N."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise ConfigError(f"unknown device {name!r}: auto, cpu, cuda, cuda:N")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name} given, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a precision setting: auto is bf16 on CUDA and fp32 (None) elsewhere."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}: {', '.join(PRECISIONS)}")
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def hardware() -> dict:
+    info = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+            "cpu_count": os.cpu_count()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+        info["cuda"] = torch.version.cuda
+        info["gpu_count"] = torch.cuda.device_count()
+    return info
+
+
+def git_commit() -> str | None:
+    """The commit of the code that runs (with '+dirty' when the tree has changes), or None outside a
+    git checkout (an installed wheel)."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+class DiskFull(AlexnetError):
+    """No space left for a file; the partial file has been removed and the old one kept."""
+
+
+TMP_MARK = ".tmp-"
+
+
+def atomic_write_bytes(path: str | Path, data: bytes | None = None, *, writer=None) -> Path:
+    """Write `data` (or call `writer(file)`) to a temporary file beside `path`, flush it to disk,
+    then rename it over `path`: a kill at any moment leaves the old file or the new one. A full disk
+    removes the temporary file and raises DiskFull naming the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{TMP_MARK}{path.name}.{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            if writer is not None:
+                writer(f)
+            else:
+                f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if _is_disk_full(e):
+            raise DiskFull(f"{path}: the disk is full; nothing was written and the previous file is kept. "
+                           "Free some space and run again.") from None
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode())
+
+
+def _is_disk_full(e: BaseException) -> bool:
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    # torch.save reports a failed write as a RuntimeError from its C++ writer
+    text = str(e)
+    return isinstance(e, RuntimeError) and ("No space left" in text or "enforce fail" in text
+                                            or "unexpected pos" in text or "write failed" in text)
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Remove temporary files that a killed writer left in `folder` (never a finished file)."""
+    removed = []
+    for p in Path(folder).glob(f"{TMP_MARK}*"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
