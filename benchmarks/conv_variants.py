@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from alexnet import fastconv
-from alexnet.bench import make_optimizer, random_images, train_fn
+from alexnet.tools.bench import make_optimizer, random_images, train_fn
 from alexnet.models import build_model
 
 LINES: list[str] = []

@@ -51,11 +51,11 @@ def test_parameter_gradient_and_velocity_bytes_per_device():
     assert c0["input_bytes"] == 128 * 3 * 224 * 224 * 4                 # each column reads the whole image
     # The counts agree with the modules themselves (built on the meta device: no memory, no init).
     from alexnet.models import build_model
-    from alexnet.parallel.columns import Column
+    from alexnet.models.alexnet2012 import AlexNet2012
 
     with torch.device("meta"):
         assert sum(p.numel() for p in build_model("alexnet2012").parameters()) == PARAMS
-        assert sum(p.numel() for p in Column(AlexNet2012Config(), 0).parameters()) * 4 == c0["param_bytes"]
+        assert sum(p.numel() for p in AlexNet2012(AlexNet2012Config(), column=0).parameters()) * 4 == c0["param_bytes"]
     # num_classes changes fc8, on column 0 only.
     ten = column_accounting(AlexNet2012Config(num_classes=10), batch=128)["columns"]["per_device"]
     assert ten[1]["param_bytes"] == c1["param_bytes"]

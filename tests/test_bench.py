@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from alexnet import bench
+from alexnet.tools import bench
 from alexnet.cli import main
 
 

@@ -46,12 +46,12 @@ PLAIN = ["--arch", "cifar-fig1", "--crop", "32", "--no-flip", "--pca-std", "0", 
 
 def _config(args: list[str], **extra) -> TrainConfig:
     """The TrainConfig the CLI would build from `args` (for in-process single runs)."""
-    from alexnet.cli import arch_options_from, build_parser
+    import dataclasses
 
-    ns = build_parser().parse_args(["train", *args])
-    fields = {k: v for k, v in vars(ns).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
-    fields.pop("arch", None)
-    return TrainConfig(arch=ns.arch or "alexnet2012", arch_options=arch_options_from(ns), **(fields | extra))
+    from alexnet.cli import train_config
+
+    cfg, _ = train_config(args)
+    return dataclasses.replace(cfg, **extra)
 
 
 def _torchrun(nproc: int, args: list[str], timeout_s: float = 240.0) -> str:
@@ -123,7 +123,7 @@ def _eval_worker(rank: int, store: str, data: str, out: str) -> None:
     from alexnet.data.prepared import PreparedData
     from alexnet.models import build_model
     from alexnet.parallel import distributed as d
-    from alexnet.train import Layout
+    from alexnet.parallel.placement import Placement
 
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
@@ -135,11 +135,11 @@ def _eval_worker(rank: int, store: str, data: str, out: str) -> None:
         test = prepared.split("test")
         torch.manual_seed(0)
         model = build_model("cifar-fig1")
-        layout = Layout("ddp", model, ctx, "paper")
+        placement = Placement("ddp", model, ctx, "paper")
         results = {}
         for n in (21, 1):          # 21: 11 + 10 images; 1: rank 1's part is empty
             split = test.subset(torch.arange(n))
-            r = layout.evaluate(split, prepared.mean, 28, 10, torch.device("cpu"), None, False, 1.0, 4)
+            r = placement.evaluate(split, prepared.mean, 28, 10, device=torch.device("cpu"), batch_size=4)
             results[n] = r
         if rank == 0:
             Path(out).write_text(json.dumps(results))
@@ -162,8 +162,8 @@ def test_distributed_evaluation_counts_each_image_once(shapes, tmp_path):
     torch.manual_seed(0)
     model = build_model("cifar-fig1")
     for n in (21, 1):
-        want = evaluate_split(model, prepared.split("test").subset(torch.arange(n)), prepared.mean, 28, 10, "cpu",
-                              None, False, 1.0, 4)
+        want = evaluate_split(model, prepared.split("test").subset(torch.arange(n)), prepared.mean, 28, 10,
+                              device=torch.device("cpu"), batch_size=4)
         assert got[str(n)]["images"] == want["images"] == n
         assert got[str(n)]["top1_error"] == pytest.approx(want["top1_error"])
         assert got[str(n)]["top5_error"] == pytest.approx(want["top5_error"])
@@ -249,7 +249,8 @@ def test_columns_on_two_gloo_processes_train_like_the_grouped_network(shapes224,
 
 
 def test_memory_on_the_cpu_reports_the_estimate_and_says_it_needs_cuda(capsys):
-    from alexnet import memory
+    from alexnet.runtime import apply_memory_cap
+    from alexnet.tools import memory
 
     assert memory.main(["--device", "cpu", "--cap-gb", "3"]) == 0
     text = capsys.readouterr().out
@@ -260,18 +261,17 @@ def test_memory_on_the_cpu_reports_the_estimate_and_says_it_needs_cuda(capsys):
     est = r["estimate"]
     assert est["column_0"]["total_bytes"] < est["whole"]["total_bytes"]
     assert est["column_0"]["param_bytes"] == 4 * 32_531_112 and est["column_1"]["param_bytes"] == 4 * 28_434_112
-    assert memory.apply_memory_cap(3, ["cpu"]) == []
+    assert apply_memory_cap(3, ["cpu"]) == []
 
 
 def test_a_column_on_its_own_runs_forward_and_backward_with_the_exchanged_tensors_as_inputs():
-    from alexnet.memory import column_step
-    from alexnet.models.alexnet2012 import AlexNet2012Config
-    from alexnet.parallel.columns import Column
+    from alexnet.tools.memory import column_step
+    from alexnet.models.alexnet2012 import AlexNet2012, AlexNet2012Config
 
     torch.manual_seed(0)
     x, y = torch.randn(2, 3, 224, 224) * 50, torch.tensor([1, 2])
     for index in (0, 1):
-        column = Column(AlexNet2012Config(num_classes=5), index)
+        column = AlexNet2012(AlexNet2012Config(num_classes=5), column=index)
         out = column_step(column, x, y)
         assert out.shape == (() if index == 0 else (2, 2048))
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in column.parameters())
@@ -282,7 +282,7 @@ def test_a_column_on_its_own_runs_forward_and_backward_with_the_exchanged_tensor
 def test_memory_on_cuda_measures_one_column_below_the_whole_network():
     """Also when this process already holds CUDA memory (earlier tests): peaks and the cap are
     measured relative to what the caller holds."""
-    from alexnet.memory import format_report, measure
+    from alexnet.tools.memory import format_report, measure
 
     held = torch.empty(64 * 2**20, dtype=torch.uint8, device="cuda")          # 64 MiB the caller keeps
     r = measure(batch=16, cap_gb=1.5, steps=2)

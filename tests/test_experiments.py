@@ -64,7 +64,7 @@ def test_subset_is_class_balanced_and_reused(shapes, tmp_path):
 
 
 def test_a_finished_run_is_reused_and_a_longer_one_continues(shapes, tmp_path):
-    from alexnet.train import TrainConfig
+    from alexnet.config import TrainConfig
 
     cfg = TrainConfig(data=str(shapes), out=str(tmp_path / "r"), arch="cifar-fig1", epochs=1, batch_size=40,
                       schedule="step", milestones=[], progress=False, test_crops=(), device="cpu", keep_checkpoints=0)
@@ -136,7 +136,7 @@ def test_plan_prints_the_budget_and_trains_nothing(shapes, tmp_path, capsys):
 @pytest.mark.slow
 def test_runs_in_parallel_processes(shapes, tmp_path):
     from alexnet.experiments import run_many
-    from alexnet.train import TrainConfig
+    from alexnet.config import TrainConfig
 
     cfgs = [TrainConfig(data=str(shapes), out=str(tmp_path / f"r{s}"), arch="cifar-fig1", epochs=1, batch_size=40,
                         seed=s, schedule="step", milestones=[], progress=False, test_crops=(), device="cpu")

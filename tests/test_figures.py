@@ -15,7 +15,7 @@ pytest.importorskip("matplotlib")
 
 from alexnet.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
 from alexnet.cli import main  # noqa: E402
-from alexnet.figures import (RANDOM_SHARE, colour_specificity, conv1_columns, kernel_report,  # noqa: E402
+from alexnet.experiments.figures import (RANDOM_SHARE, colour_specificity, conv1_columns, kernel_report,  # noqa: E402
                              nearest_neighbours, open_data)
 from alexnet.models import build_model  # noqa: E402
 

@@ -1,35 +1,32 @@
-"""The Triton response-normalisation kernels against a float64 reference.
+"""The Triton response-normalisation kernels and their operator against a float64 reference.
 
-Without CUDA the kernels run on the CPU through Triton's interpreter. TRITON_INTERPRET is read
-when `@triton.jit` decorates a kernel, so it is set here before alexnet.kernels is imported (and
-that module is reloaded if something imported it earlier without the interpreter). Sizes on the
-CPU are tiny; the `gpu` tests use the real layer sizes.
+On CUDA they run compiled. Without CUDA this module runs in a child process under Triton's
+interpreter (TRITON_INTERPRET=1 for that process only: `test_triton_interpreter.py` starts it), with
+tiny sizes; in the main test process it is skipped. Inputs are drawn from a generator seeded by the
+test's name, so a failure repeats.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import random
-import sys
+import zlib
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 pytest.importorskip("triton")
 
 CUDA = torch.cuda.is_available()
-if not CUDA:
-    os.environ["TRITON_INTERPRET"] = "1"
+if not CUDA and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("runs under Triton's interpreter in a child process (test_triton_interpreter.py)",
+                allow_module_level=True)
 
-import alexnet.kernels  # noqa: E402
 import alexnet.kernels.response_norm as rn  # noqa: E402
-
-if not CUDA and not rn.interpreting():  # imported earlier with compiled kernels: redecorate
-    rn = importlib.reload(rn)
-    importlib.reload(sys.modules["alexnet.kernels"])
-
-from alexnet.layers import ResponseNorm, response_norm  # noqa: E402
+from alexnet.kernels import HAVE_TRITON, ops  # noqa: E402
+from alexnet.layers import response_norm  # noqa: E402
+from alexnet.models.fast import FusedResponseNorm  # noqa: E402
 
 DEV = "cuda" if CUDA else "cpu"
 gpu = pytest.mark.gpu
@@ -39,6 +36,14 @@ TOL = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 1e-2}
 LAYOUTS = ["nchw", "nhwc"]
 DTYPES = [torch.float32, torch.bfloat16]
 CPU_SHAPES = [(1, 7, 5, 3), (2, 13, 13, 11), (3, 96, 3, 2)]
+
+
+@pytest.fixture(autouse=True)
+def seeded(request):
+    """Fresh but repeatable inputs: the generators seeded by the test's own name."""
+    seed = zlib.crc32(request.node.nodeid.encode())
+    random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -92,8 +97,8 @@ def small_blocks(monkeypatch):
 
 
 def test_exports_the_kernel():
-    assert alexnet.kernels.fused_response_norm is not None
-    assert CUDA or rn.interpreting(), "CPU runs must go through Triton's interpreter"
+    assert HAVE_TRITON
+    assert CUDA or (rn.interpreting() and ops.INTERPRET), "CPU runs must go through Triton's interpreter"
 
 
 @pytest.mark.parametrize("shape", CPU_SHAPES, ids=lambda s: "x".join(map(str, s)))
@@ -158,20 +163,19 @@ def test_groups(groups, c, layout, variant, small_blocks):
 def test_groups_must_divide_channels():
     x = make((1, 7, 3, 3), "nchw", torch.float32)
     with pytest.raises(ValueError):
-        alexnet.kernels.fused_response_norm(x, 5, 0.1, 0.75, 2.0, groups=2)
+        ops.relu_response_norm(x, 5, 0.1, 0.75, 2.0, groups=2, relu=False)
 
 
 def test_module_uses_the_kernel_with_groups():
-    """alexnet.layers.ResponseNorm hands CUDA inputs (here: interpreter CPU inputs) to the kernel."""
+    """The fast module hands CUDA inputs (here: interpreter CPU inputs) to the kernel."""
     x = make((2, 12, 4, 3), "nhwc", torch.bfloat16).requires_grad_()
-    y = alexnet.kernels.fused_response_norm(x, 5, 0.2, 0.75, 2.0, groups=2)
+    y = ops.relu_response_norm(x, 5, 0.2, 0.75, 2.0, groups=2, relu=False)
     y_ref, dx_ref = reference(x, torch.ones(x.shape), 5, 0.2, 0.75, 2.0, False, 2)
     check(y.detach(), y_ref, torch.bfloat16, "output")
     y.float().sum().backward()
     check(x.grad, dx_ref, torch.bfloat16, "gradient")
-    if CUDA:
-        norm = ResponseNorm(5, 0.2, 0.75, 2.0, groups=2)
-        check(norm(x.detach()), y_ref, torch.bfloat16, "module")
+    norm = FusedResponseNorm(5, 0.2, 0.75, 2.0, groups=2)
+    check(norm(x.detach()), y_ref, torch.bfloat16, "module")
 
 
 def test_paper_constants_and_large_activations():
@@ -190,7 +194,7 @@ def test_paper_constants_and_large_activations():
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("strides", ["nchw", "nhwc", "permuted", "sliced"])
 def test_autograd_function(strides, dtype, relu, small_blocks):
-    """fused_response_norm through autograd, including inputs of neither dense layout."""
+    """The operator through autograd, including inputs of neither dense layout."""
     size, scale, beta, k = params()
     if strides in ("nchw", "nhwc"):
         x = make((2, 7, 5, 3), strides, dtype)
@@ -202,7 +206,7 @@ def test_autograd_function(strides, dtype, relu, small_blocks):
     x = x.detach().requires_grad_()
     g = torch.randn(x.shape, dtype=torch.float64).to(dtype).to(DEV)
     y_ref, dx_ref = reference(x, g, size, scale, beta, k, relu)
-    y = alexnet.kernels.fused_response_norm(x, size, scale, beta, k, relu=relu)
+    y = ops.relu_response_norm(x, size, scale, beta, k, relu=relu)
     y.backward(g)
     check(y.detach(), y_ref, dtype, "output")
     assert x.grad.shape == x.shape
@@ -213,7 +217,7 @@ def test_autograd_function(strides, dtype, relu, small_blocks):
 
 def test_falls_back_to_reference_for_float64():
     x = torch.randn(1, 7, 3, 2, dtype=torch.float64, requires_grad=True)
-    y = alexnet.kernels.fused_response_norm(x, 5, 0.2, 0.75, 2.0, relu=True)
+    y = ops.relu_response_norm(x, 5, 0.2, 0.75, 2.0, relu=True)
     torch.testing.assert_close(y, response_norm(torch.relu(x), 5, 0.2, 0.75, 2.0))
     y.sum().backward()
     assert x.grad is not None
@@ -265,15 +269,54 @@ def test_gpu_other_sizes(shape):
 def test_gpu_autocast_module():
     """Under bf16 autocast the conv output is bf16; the layer keeps it bf16 and matches."""
     conv = torch.nn.Conv2d(3, 96, 11, stride=4).cuda().to(memory_format=torch.channels_last)
-    norm = ResponseNorm(5, 1e-4, 0.75, 2.0, groups=2)
+    norm = FusedResponseNorm(5, 1e-4, 0.75, 2.0, groups=2)
     img = torch.randn(4, 3, 227, 227, device="cuda").to(memory_format=torch.channels_last)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         a = torch.relu(conv(img))
         y = norm(a)
-        z = alexnet.kernels.fused_response_norm(conv(img), 5, 1e-4, 0.75, 2.0, relu=True)
+        z = ops.relu_response_norm(conv(img), 5, 1e-4, 0.75, 2.0, relu=True)
     assert y.dtype == torch.bfloat16 and z.dtype == torch.bfloat16
     ref = response_norm(a.double(), 5, 1e-4, 0.75, 2.0, 2)
     ref1 = response_norm(a.double(), 5, 1e-4, 0.75, 2.0)
     assert rel_err(y, ref) < 1e-2 and rel_err(z, ref1) < 1e-2
     (y.float().square().sum() + z.float().sum()).backward()
     assert conv.weight.grad is not None and torch.isfinite(conv.weight.grad).all()
+
+
+# ----------------------------------------------------------------------------------------------
+# The max-pool kernels (alexnet.kernels.max_pool)
+
+
+def test_max_pool_kernels():
+    """The Triton max-pool kernels themselves (compiled on CUDA, the interpreter on the CPU)."""
+    from alexnet.kernels import max_pool as mp
+
+    check_pool_kernels(mp, DEV, bf16_rtol=2 ** -8 if CUDA else 2 ** -7)   # the interpreter truncates bf16
+
+
+def test_max_pool_operator_runs_the_kernel():
+    x = make((2, 5, 11, 11), "nhwc", torch.float32).requires_grad_()
+    y = ops.max_pool(x, 3, 2)
+    ref = torch.nn.functional.max_pool2d(x.detach(), 3, 2)
+    assert torch.equal(y.detach(), ref)
+    g = torch.randn_like(ref)
+    x64 = x.detach().double().requires_grad_()
+    want = torch.autograd.grad(torch.nn.functional.max_pool2d(x64, 3, 2), x64, g.double())[0]
+    assert torch.allclose(torch.autograd.grad(y, x, g)[0].double(), want)
+
+
+def check_pool_kernels(mp, device, bf16_rtol):
+    """The max-pool kernels against F.max_pool2d and a float64 gradient (test_fast_layers.py uses it too)."""
+    for (n, c, h, w, k, s) in [(2, 5, 11, 11, 3, 2), (1, 3, 9, 8, 3, 2), (2, 4, 12, 12, 2, 2), (1, 2, 7, 7, 3, 3)]:
+        for dt in (torch.float32, torch.bfloat16):
+            x = torch.randn(n, c, h, w, device=device).to(dt).contiguous(memory_format=torch.channels_last)
+            x[0, 0, :3, :3] = 0
+            y, idx = mp.pool_forward(x, k, s)
+            ry = F.max_pool2d(x, k, s)
+            assert torch.equal(y, ry) and y.is_contiguous(memory_format=torch.channels_last)
+            g = torch.randn_like(ry)
+            dx = mp.pool_backward(g, idx, h, w, k, s)
+            x64 = x.double().requires_grad_()
+            ref = torch.autograd.grad(F.max_pool2d(x64, k, s), x64, g.double())[0]
+            err = ((dx.double() - ref).abs() / ref.abs().clamp_min(1e-30)).max().item()
+            assert err <= (1e-6 if dt == torch.float32 else bf16_rtol), (err, n, c, h, w, k, s, dt)

@@ -54,7 +54,7 @@ def test_conv1_overhang_is_three_zeros_right_and_bottom():
     torch.manual_seed(0)
     model = build_model("alexnet2012").eval()
     x = torch.randn(2, 3, 224, 224)
-    ours = model.conv1(model.pad1(x))
+    ours = model.conv1(x)                       # conv1 pads the overhang itself
     direct = F.conv2d(F.pad(x, (0, 3, 0, 3)), model.conv1.weight, model.conv1.bias, stride=4)
     assert ours.shape == (2, 96, 55, 55)
     torch.testing.assert_close(ours, direct)
@@ -120,9 +120,12 @@ def test_cuda_convnet_recipe_orders_conv1_as_the_code():
     model = build_model("alexnet2012", recipe="cuda-convnet").eval()
     assert model.norm1.scale == pytest.approx(1e-4 / 5)
     x = torch.randn(1, 3, 224, 224) * 50
-    conv = model.conv1(model.pad1(x))
+    conv = model.conv1(x)
     expected = F.relu(F.max_pool2d(response_norm(conv, 5, 1e-4 / 5, 0.75, 2.0, groups=2), 3, 2))
-    torch.testing.assert_close(model._stage1(x), expected)
+    seen = []
+    model.act1.register_forward_hook(lambda _m, _i, out: seen.append(out.detach().clone()))
+    model.stem(x)                              # the forward pass's own order
+    torch.testing.assert_close(seen[0], expected)
     assert type(model.mapnorm2).__name__ == "WithinMapNorm"
     assert type(build_model("alexnet2012").mapnorm2).__name__ == "Identity"
 

@@ -23,3 +23,7 @@ class CheckpointError(AlexnetError):
 
 class TrainingDiverged(AlexnetError):
     """The loss became NaN or stayed at chance; the last checkpoint is kept."""
+
+
+class Interrupted(AlexnetError):
+    """SIGINT or SIGTERM stopped the work; the message says what was saved."""

@@ -1,21 +1,31 @@
-"""The paper's test protocol: top-1 and top-5 error, centre crop or ten crops, ensembles.
+"""The paper's test protocol: top-1 and top-5 error, centre crop or ten crops, ensembles; and
+`predict` for single images.
 
-Ten crops (section 4.1): the four corner patches, the centre patch and their horizontal flips;
-the softmax is averaged over the ten. An ensemble (the paper's "5 CNNs" row) averages the softmax
-of several networks.
+Ten crops (section 4.1): the four corner patches, the centre patch and their horizontal flips; the
+softmax is averaged over the ten. An ensemble (the paper's "5 CNNs" row) averages the softmax of
+several networks.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
 
 from alexnet.checkpoint import load_checkpoint, model_from_checkpoint
 from alexnet.data.augment import views
-from alexnet.errors import DataError
+from alexnet.data.loader import BatchLoader
+from alexnet.data.prepared import PreparedData, is_prepared
+from alexnet.errors import DataError, Interrupted
+from alexnet.runtime import amp_dtype as precision_dtype, resolve_device
+
+__all__ = ["crop_probabilities", "topk_errors", "evaluate_split", "load_models", "evaluate_checkpoints",
+           "predict_images", "label_map_for"]
 
 
 @torch.no_grad()
@@ -42,36 +52,50 @@ def topk_errors(probs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
 
 
 @torch.no_grad()
-def evaluate_split(net, split, mean, crop, crops, device, amp_dtype, channels_last, input_scale,
-                   batch_size=256, dist=None, label_map: torch.Tensor | None = None) -> dict:
-    """Top-1/top-5 error of one network (or ensemble list) on a prepared split; each image counted
-    once across processes."""
-    from alexnet.data.loader import BatchLoader
-
-    nets = net if isinstance(net, list) else [net]
-    scales = input_scale if isinstance(input_scale, list) else [input_scale] * len(nets)
+def evaluate_split(nets, split, mean: torch.Tensor, crop: int, crops: int, *, device: torch.device,
+                   amp_dtype=None, channels_last: bool = False, input_scales=1.0, batch_size: int = 256,
+                   sum_: Callable | None = None, label_map: torch.Tensor | None = None, progress: str | None = None,
+                   should_stop: Callable[[], bool] | None = None) -> dict:
+    """Top-1/top-5 error of one network (or an ensemble list) on a prepared split. `sum_` adds the
+    counts over processes (each evaluating its own part); `progress` is a bar's title (None: no bar);
+    `should_stop` is polled every batch and raises Interrupted."""
+    nets = nets if isinstance(nets, list) else [nets]
+    scales = input_scales if isinstance(input_scales, list) else [input_scales] * len(nets)
     modes = [n.training for n in nets]
     for n in nets:
         n.eval()
-    rank, world = (dist.rank, dist.world_size) if dist is not None else (0, 1)
-    loader = BatchLoader(split, batch_size * world, shuffle=False, seed=0, epoch=0, drop_last=False,
-                         device=device, rank=rank, world_size=world)
+    loader = BatchLoader(split, batch_size, shuffle=False, drop_last=False, device=device)
     counts = torch.zeros(3, dtype=torch.float64, device=device)   # images, top-1 misses, top-5 misses
-    for images, labels in loader:
-        if labels.numel() == 0:  # a rank's share of a small split can be empty
-            continue
-        if label_map is not None:
-            labels = label_map.to(labels.device)[labels]
-        probs = crop_probabilities(nets, images, mean, crop, crops, amp_dtype, channels_last, scales)
-        e1, e5 = topk_errors(probs, labels)
-        counts += torch.stack([torch.tensor(labels.numel(), device=device), e1, e5]).double()
-    for n, mode in zip(nets, modes):
-        n.train(mode)
-    if dist is not None:
-        dist.sum_(counts)
+    bar = _bar(progress, len(loader))
+    try:
+        for images, labels in loader:
+            if should_stop is not None and should_stop():
+                raise Interrupted("evaluation stopped by a signal")
+            if label_map is not None:
+                labels = label_map.to(labels.device)[labels]
+            probs = crop_probabilities(nets, images, mean, crop, crops, amp_dtype, channels_last, scales)
+            e1, e5 = topk_errors(probs, labels)
+            counts += torch.stack([torch.tensor(labels.numel(), device=device), e1, e5]).double()
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+        for n, mode in zip(nets, modes):
+            n.train(mode)
+    if sum_ is not None:
+        sum_(counts)
     images = int(counts[0].item())
     return {"top1_error": counts[1].item() / max(images, 1), "top5_error": counts[2].item() / max(images, 1),
             "images": images, "crops": crops}
+
+
+def _bar(title: str | None, total: int):
+    if not title:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=title, unit="batch", leave=False, dynamic_ncols=True, mininterval=1.0)
 
 
 @dataclass
@@ -85,7 +109,7 @@ def load_models(paths: list[str], device: torch.device) -> list[Loaded]:
     loaded = []
     for p in paths:
         ckpt = load_checkpoint(p)
-        model = model_from_checkpoint(ckpt).to(device).eval()
+        model = model_from_checkpoint(ckpt, where=p).to(device).eval()
         loaded.append(Loaded(str(p), ckpt, model))
     first = loaded[0].ckpt
     for item in loaded[1:]:
@@ -109,14 +133,11 @@ def label_map_for(data_classes: list[str], model_classes: list[str], where) -> t
 
 def evaluate_checkpoints(paths: list[str], data_dir: str, split: str | None = None, crops: int = 10,
                          device: str = "auto", batch_size: int = 128, workers: int | None = None,
-                         progress: bool = True, cache_dir: str | None = None) -> dict:
+                         progress: bool = True, cache_dir: str | None = None, skip_bad: bool = False,
+                         should_stop: Callable[[], bool] | None = None) -> dict:
     """`alexnet eval`: the error of one checkpoint, or of the ensemble of several, on a split of an
     image-folder tree or of an `alexnet prepare` directory."""
-    import tempfile
-
     from alexnet.data.prepare import prepare
-    from alexnet.data.prepared import PreparedData, is_prepared
-    from alexnet.train import resolve_device
 
     dev = resolve_device(device)
     loaded = load_models(paths, dev)
@@ -125,52 +146,53 @@ def evaluate_checkpoints(paths: list[str], data_dir: str, split: str | None = No
     if not src.exists():
         raise DataError(src, "no such file or directory")
     tmp = None
-    if is_prepared(src):
-        data = PreparedData.open(src)
-    else:
-        out = Path(cache_dir) if cache_dir else Path(tmp := tempfile.mkdtemp(prefix="alexnet-eval-"))
-        splits = [split] if split else None
-        prepare(src, out, size=first["image_size"], splits=splits, workers=workers, progress=progress)
-        data = PreparedData.open(out)
     try:
+        if is_prepared(src):
+            data = PreparedData.open(src)
+        else:
+            out = Path(cache_dir) if cache_dir else Path(tmp := tempfile.mkdtemp(prefix="alexnet-eval-"))
+            prepare(src, out, size=first["image_size"], splits=[split] if split else None, workers=workers,
+                    progress=progress, skip_bad=skip_bad)
+            data = PreparedData.open(out)
         names = list(data.splits)
         name = split or next((s for s in ("val", "test") if s in names), names[0] if len(names) == 1 else None)
         if name is None or name not in names:
             raise DataError(src, f"no split {split or 'val/test'!r} (found: {', '.join(names)})")
         if data.size != first["image_size"]:
             raise DataError(src, f"images prepared at {data.size} px; the checkpoint expects {first['image_size']}")
-        part = data.split(name)
         label_map = label_map_for(list(data.classes), first["classes"], src)
-        mean = first["mean"].to(dev)  # the training set's mean image, as the network learned it
-        amp = torch.bfloat16 if dev.type == "cuda" else None
-        result = evaluate_split([m.model for m in loaded], part, mean, first["crop"], crops, dev, amp,
-                                dev.type == "cuda", [m.ckpt["input_scale"] for m in loaded], batch_size,
-                                None, label_map)
+        result = evaluate_split([m.model for m in loaded], data.split(name), first["mean"].to(dev), first["crop"],
+                                crops, device=dev, amp_dtype=precision_dtype("auto", dev),
+                                channels_last=dev.type == "cuda", input_scales=[m.ckpt["input_scale"] for m in loaded],
+                                batch_size=batch_size, label_map=label_map,
+                                progress=f"eval {name}, {crops} crop(s)" if progress else None,
+                                should_stop=should_stop)
     finally:
         if tmp:
-            import shutil
-
             shutil.rmtree(tmp, ignore_errors=True)
-    result["checkpoints"] = [m.path for m in loaded]
-    result["split"] = name
-    return result
+    return result | {"checkpoints": [m.path for m in loaded], "split": name}
 
 
 @torch.no_grad()
 def predict_images(checkpoint: str, images: list[str], crops: int = 10, top: int = 5,
                    device: str = "auto") -> list[dict]:
-    """`alexnet predict`: the top classes of each image, with names and probabilities."""
-    from alexnet.data.prepare import load_image
-    from alexnet.train import resolve_device
+    """`alexnet predict`: the top classes of each image with names and probabilities; an image that
+    cannot be read gets {"image": path, "error": what is wrong} and the others are still predicted."""
+    from alexnet.data.prepare import BadImage, load_image
 
     dev = resolve_device(device)
     (item,) = load_models([checkpoint], dev)
     ck = item.ckpt
+    mean = ck["mean"].to(dev)
     out = []
     for path in images:
-        image = torch.from_numpy(load_image(path, ck["image_size"])).permute(2, 0, 1)[None].to(dev)  # (1, 3, S, S)
-        probs = crop_probabilities([item.model], image, ck["mean"].to(dev), ck["crop"], crops, None, False,
-                                   [ck["input_scale"]])[0]
+        try:
+            pixels = load_image(path, ck["image_size"])
+        except BadImage as e:
+            out.append({"image": str(path), "error": str(e)})
+            continue
+        image = torch.from_numpy(pixels).permute(2, 0, 1)[None].to(dev)                   # (1, 3, S, S)
+        probs = crop_probabilities([item.model], image, mean, ck["crop"], crops, None, False, [ck["input_scale"]])[0]
         p, idx = probs.topk(min(top, probs.numel()))
         out.append({"image": str(path), "top": [
             {"class": ck["classes"][i], "name": ck["class_names"][i], "probability": float(q)}

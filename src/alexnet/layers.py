@@ -13,6 +13,9 @@ Here `scale` is the coefficient that multiplies the sum, whatever convention pro
 In the two-column network each GPU normalised its own maps: the window never crosses from one
 column into the other. On one device the columns are channel groups, so the normalisation takes
 `groups` and keeps each window inside its group.
+
+These are the references: plain torch formulas, on any device. `alexnet.models.fast` holds the
+faster forms of the same functions (Triton kernels, other convolution shapes), tested against them.
 """
 
 from __future__ import annotations
@@ -68,27 +71,22 @@ def within_map_norm(x: torch.Tensor, size: int, scale: float, beta: float, k: fl
 class ResponseNorm(nn.Module):
     """Cross-channel response normalisation; `scale` multiplies the sum of squares (see module doc).
 
-    `impl` selects the implementation: "reference" (torch ops, any device) or "auto", which uses the
-    fused GPU kernel when one is available for the input and the reference otherwise.
+    `relu=True` normalises relu(x): the paper's ReLU and the normalisation after it as one layer
+    (the fast form in `alexnet.models.fast` fuses the two into one kernel with the same parameters).
     """
 
     def __init__(self, size: int = LRN_SIZE, scale: float = LRN_ALPHA, beta: float = LRN_BETA,
-                 k: float = LRN_K, groups: int = 1, impl: str = "auto"):
+                 k: float = LRN_K, groups: int = 1, relu: bool = False):
         super().__init__()
-        if impl not in ("auto", "reference"):
-            raise ValueError(f"unknown response-normalisation impl {impl!r}: auto, reference")
-        self.size, self.scale, self.beta, self.k, self.groups, self.impl = size, scale, beta, k, groups, impl
+        self.size, self.scale, self.beta, self.k, self.groups, self.relu = size, scale, beta, k, groups, relu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.impl == "auto" and x.is_cuda:
-            from alexnet.kernels import fused_response_norm
-
-            if fused_response_norm is not None:
-                return fused_response_norm(x, self.size, self.scale, self.beta, self.k, groups=self.groups)
-        return response_norm(x, self.size, self.scale, self.beta, self.k, self.groups)
+        return response_norm(torch.relu(x) if self.relu else x, self.size, self.scale, self.beta, self.k,
+                             self.groups)
 
     def extra_repr(self) -> str:
-        return f"size={self.size}, scale={self.scale:g}, beta={self.beta}, k={self.k}, groups={self.groups}"
+        return (f"size={self.size}, scale={self.scale:g}, beta={self.beta}, k={self.k}, groups={self.groups}"
+                f"{', relu first' if self.relu else ''}")
 
 
 class WithinMapNorm(nn.Module):
@@ -105,28 +103,22 @@ class WithinMapNorm(nn.Module):
         return f"size={self.size}, scale={self.scale:g}, beta={self.beta}, k={self.k}"
 
 
-class Overhang(nn.Module):
-    """cuda-convnet's window overhang: zero-pad right and bottom so the last window fits.
+class OverhangConv2d(nn.Conv2d):
+    """A convolution with cuda-convnet's window overhang: zeros padded on the right and bottom only,
+    as many as the last window needs.
 
     cuda-convnet's output size is 1 + ceil((size - filter) / stride); the windows that run past the
-    image see zeros. A 224 input to an 11x11 stride-4 filter gives 55 outputs and pads 3.
+    image see zeros. A 224 input to conv1 (11x11, stride 4) gives 55 outputs and pads 3.
     """
-
-    def __init__(self, kernel: int, stride: int):
-        super().__init__()
-        self.kernel, self.stride = kernel, stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Plain ints: an exported graph gets constant pads for its fixed input size.
-        h, w = int(x.shape[-2]), int(x.shape[-1])
-        pad_h = overhang(h, self.kernel, self.stride)
-        pad_w = overhang(w, self.kernel, self.stride)
-        if pad_h == 0 and pad_w == 0:
-            return x
-        return F.pad(x, (0, pad_w, 0, pad_h))
-
-    def extra_repr(self) -> str:
-        return f"kernel={self.kernel}, stride={self.stride}"
+        kh, kw = self.kernel_size
+        pad_h = overhang(int(x.shape[-2]), kh, self.stride[0])
+        pad_w = overhang(int(x.shape[-1]), kw, self.stride[1])
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        return super().forward(x)
 
 
 def overhang(size: int, kernel: int, stride: int) -> int:

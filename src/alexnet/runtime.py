@@ -3,9 +3,11 @@ version it ran on, and files written so that a kill at any moment leaves the old
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import platform
+import signal
 import subprocess
 from pathlib import Path
 
@@ -13,8 +15,8 @@ import torch
 
 from alexnet.errors import AlexnetError, ConfigError
 
-__all__ = ["resolve_device", "amp_dtype", "hardware", "git_commit", "atomic_write_bytes", "atomic_write_text",
-           "DiskFull", "remove_stale_temporaries"]
+__all__ = ["resolve_device", "amp_dtype", "device_guard", "apply_memory_cap", "hardware", "git_commit", "atomic_write_bytes",
+           "atomic_write_text", "DiskFull", "remove_stale_temporaries", "StopSignals"]
 
 PRECISIONS = ("auto", "bf16", "fp32")
 
@@ -37,6 +39,35 @@ def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.bfloat16
     return None
+
+
+def device_guard(t: torch.Tensor):
+    """Make `t`'s GPU the current device for the block. Triton (and anything else that launches on
+    "the current device") would otherwise launch on the current device's stream, unordered with the
+    work on `t`'s own GPU: the fault that broke the two-GPU columns."""
+    if t.device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.cuda.device(t.device)
+
+
+def apply_memory_cap(cap_gb: float | None, devices) -> list[dict]:
+    """Cap the caching allocator on each CUDA device in `devices` at `cap_gb` GiB (the fraction
+    cap / total of each device); returns what was set. Devices that are not CUDA are skipped."""
+    if cap_gb is None:
+        return []
+    if cap_gb <= 0:
+        raise ConfigError(f"memory cap must be positive, not {cap_gb} GB")
+    out = []
+    for dev in dict.fromkeys(torch.device(d) for d in devices):
+        if dev.type != "cuda":
+            continue
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        total = torch.cuda.get_device_properties(index).total_memory
+        fraction = min(1.0, cap_gb * 2**30 / total)
+        torch.cuda.set_per_process_memory_fraction(fraction, index)
+        out.append({"device": f"cuda:{index}", "cap_bytes": int(cap_gb * 2**30), "total_bytes": total,
+                    "fraction": fraction})
+    return out
 
 
 def hardware() -> dict:
@@ -117,3 +148,27 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
             p.unlink(missing_ok=True)
             removed.append(p)
     return removed
+
+
+class StopSignals:
+    """Within the block, SIGTERM and SIGINT set `signal` (the name) instead of ending the process, so
+    that the work can stop at its next safe point and save. Outside the main thread it does nothing."""
+
+    def __init__(self):
+        self.signal: str | None = None
+        self._old = {}
+
+    def __enter__(self) -> "StopSignals":
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, _frame) -> None:
+        self.signal = signal.Signals(signum).name
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)

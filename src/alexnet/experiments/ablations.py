@@ -78,7 +78,7 @@ def milestones(epochs: int) -> list[int]:
 
 def _train_config(cfg: AblationConfig, data: Path, variant: Variant, seed: int, image_size: int):
     from alexnet.data.prepared import PreparedData
-    from alexnet.train import TrainConfig
+    from alexnet.config import TrainConfig
 
     splits = PreparedData.open(data).splits
     val = "test" if "test" in splits else ("val" if "val" in splits else None)

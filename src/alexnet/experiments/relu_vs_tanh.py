@@ -57,7 +57,7 @@ class ReluTanhConfig:
 
 def _train_config(cfg: ReluTanhConfig, data: Path, activation: str, lr: float, seed: int, epochs: int):
     from alexnet.data.prepared import PreparedData
-    from alexnet.train import TrainConfig
+    from alexnet.config import TrainConfig
 
     splits = PreparedData.open(data).splits
     val = "test" if "test" in splits else ("val" if "val" in splits else None)

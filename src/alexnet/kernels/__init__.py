@@ -1,14 +1,17 @@
-"""Fused GPU kernels. Each has its reference in alexnet.layers.
+"""Triton kernels for the layers torch computes slowly, and `ops`: each kernel as one torch operator
+with its autograd formula and a CPU fallback (the reference in `alexnet.layers`).
 
-`fused_response_norm(x, size, scale, beta, k, relu=False)` is the Triton response normalisation
-(optionally fused with the ReLU before it), or None where Triton does not import.
+* `response_norm`: cross-channel response normalisation, optionally fused with the ReLU before it.
+* `max_pool`: overlapping max-pooling that keeps each window's argmax for the backward pass.
+
+`HAVE_TRITON` is False where Triton does not import; the operators then always run the reference.
 """
 
 try:
     import triton  # noqa: F401
-except ImportError:  # no Triton on this platform: callers use the reference
-    fused_response_norm = None
+except ImportError:  # no Triton on this platform
+    HAVE_TRITON = False
 else:
-    from alexnet.kernels.response_norm import fused_response_norm
+    HAVE_TRITON = True
 
-__all__ = ["fused_response_norm"]
+__all__ = ["HAVE_TRITON"]

@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from alexnet.runtime import device_guard
+
 __all__ = ["pool_forward", "pool_backward", "CONFIG"]
 
 CONFIG = {"fwd_block": 1024, "fwd_warps": 4, "bwd_block": 1024, "bwd_warps": 4}
@@ -98,9 +100,10 @@ def pool_forward(x: torch.Tensor, kernel: int, stride: int) -> tuple[torch.Tenso
     if total == 0:
         return y, idx
     block = CONFIG["fwd_block"]
-    _pool_fwd[(triton.cdiv(total, block),)](
-        x, y, idx, total, c, h, w, oh, ow, K=kernel, S=stride, I64=x.numel() + block > _INT32_MAX,
-        BLOCK=block, num_warps=CONFIG["fwd_warps"])
+    with device_guard(x):
+        _pool_fwd[(triton.cdiv(total, block),)](
+            x, y, idx, total, c, h, w, oh, ow, K=kernel, S=stride, I64=x.numel() + block > _INT32_MAX,
+            BLOCK=block, num_warps=CONFIG["fwd_warps"])
     return y, idx
 
 
@@ -114,7 +117,8 @@ def pool_backward(g: torch.Tensor, idx: torch.Tensor, h: int, w: int, kernel: in
     if total == 0:
         return dx
     block = CONFIG["bwd_block"]
-    _pool_bwd[(triton.cdiv(total, block),)](
-        g, idx, dx, total, c, h, w, oh, ow, K=kernel, S=stride, NW=-(-kernel // stride),
-        I64=total + block > _INT32_MAX, BLOCK=block, num_warps=CONFIG["bwd_warps"])
+    with device_guard(g):
+        _pool_bwd[(triton.cdiv(total, block),)](
+            g, idx, dx, total, c, h, w, oh, ow, K=kernel, S=stride, NW=-(-kernel // stride),
+            I64=total + block > _INT32_MAX, BLOCK=block, num_warps=CONFIG["bwd_warps"])
     return dx

@@ -33,7 +33,9 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-__all__ = ["fused_response_norm", "CONFIG", "lrn_forward", "lrn_backward", "interpreting"]
+from alexnet.runtime import device_guard
+
+__all__ = ["CONFIG", "lrn_forward", "lrn_backward", "interpreting"]
 
 #: Launch parameters; benchmarks/lrn_kernel.py sweeps them. "bwd_nhwc" picks the channels_last
 #: backward: "tile" (one power per element, scratch buffer) or "flat" (size powers per element).
@@ -251,10 +253,11 @@ def lrn_forward(x: torch.Tensor, size: int, scale: float, beta: float, k: float,
     block = CONFIG["fwd_block"]
     grid = (triton.cdiv(numel, block),)
     # Groups are contiguous runs of channels, so the flat kernel sees C = channels per group.
-    _lrn_fwd_flat[grid](x, y, numel, float(scale), float(beta), float(k),
-                        C=cg, S=1 if nhwc else h * w, LO=lo, HI=hi, RELU=bool(relu),
-                        I64=numel + block > _INT32_MAX, FAST=not interpreting(), BLOCK=block,
-                        num_warps=CONFIG["fwd_warps"])
+    with device_guard(x):
+        _lrn_fwd_flat[grid](x, y, numel, float(scale), float(beta), float(k),
+                            C=cg, S=1 if nhwc else h * w, LO=lo, HI=hi, RELU=bool(relu),
+                            I64=numel + block > _INT32_MAX, FAST=not interpreting(), BLOCK=block,
+                            num_warps=CONFIG["fwd_warps"])
     return y
 
 
@@ -282,54 +285,17 @@ def lrn_backward(x: torch.Tensor, g: torch.Tensor, size: int, scale: float, beta
         ntiles = triton.cdiv(pixels, block_p)
         nprog = min(ntiles, _num_sms(x.device) * CONFIG["tile_progs_per_sm"])
         scratch = torch.empty(nprog * block_p * cp, device=x.device, dtype=torch.float32)
-        _lrn_bwd_tile[(nprog,)](x, g, dx, scratch, pixels, float(scale), float(beta), float(k),
-                                C=c, CP=cp, CG=cg, LO=lo, HI=hi, RELU=bool(relu),
-                                I64=numel + block_p * cp > _INT32_MAX, FAST=not interpreting(),
-                                BLOCK_P=block_p, num_warps=CONFIG["tile_warps"])
+        with device_guard(x):
+            _lrn_bwd_tile[(nprog,)](x, g, dx, scratch, pixels, float(scale), float(beta), float(k),
+                                    C=c, CP=cp, CG=cg, LO=lo, HI=hi, RELU=bool(relu),
+                                    I64=numel + block_p * cp > _INT32_MAX, FAST=not interpreting(),
+                                    BLOCK_P=block_p, num_warps=CONFIG["tile_warps"])
         return dx
     block = CONFIG["bwd_block"]
     grid = (triton.cdiv(numel, block),)
-    _lrn_bwd_flat[grid](x, g, dx, numel, float(scale), float(beta), float(k),
-                        C=cg, S=1 if nhwc else h * w, LO=lo, HI=hi, RELU=bool(relu),
-                        I64=numel + (2 * size + 1) * (1 if nhwc else h * w) + block > _INT32_MAX,
-                        FAST=not interpreting(), BLOCK=block, num_warps=CONFIG["bwd_warps"])
+    with device_guard(x):
+        _lrn_bwd_flat[grid](x, g, dx, numel, float(scale), float(beta), float(k),
+                            C=cg, S=1 if nhwc else h * w, LO=lo, HI=hi, RELU=bool(relu),
+                            I64=numel + (2 * size + 1) * (1 if nhwc else h * w) + block > _INT32_MAX,
+                            FAST=not interpreting(), BLOCK=block, num_warps=CONFIG["bwd_warps"])
     return dx
-
-
-class _ResponseNormFn(torch.autograd.Function):
-    @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda")
-    def forward(ctx, x, size, scale, beta, k, relu, groups):
-        x, nhwc = _layout(x)
-        y = lrn_forward(x, size, scale, beta, k, relu, groups, nhwc)
-        ctx.save_for_backward(x)  # only the input: d is recomputed in the backward
-        ctx.params = (size, scale, beta, k, relu, groups, nhwc)
-        return y
-
-    @staticmethod
-    @torch.amp.custom_bwd(device_type="cuda")
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        size, scale, beta, k, relu, groups, nhwc = ctx.params
-        dx = lrn_backward(x, g, size, scale, beta, k, relu, groups, nhwc)
-        return dx, None, None, None, None, None, None
-
-
-def fused_response_norm(x: torch.Tensor, size: int, scale: float, beta: float, k: float,
-                        relu: bool = False, groups: int = 1) -> torch.Tensor:
-    """b = a / (k + scale * window_sum(a^2)) ** beta across channels, a = relu(x) if relu else x,
-    the window (size channels, zero beyond the edges) kept inside each of `groups` equal groups.
-
-    Differentiable; only x is saved for backward. Runs the Triton kernels on CUDA tensors (and on
-    CPU tensors when Triton's interpreter is on); elsewhere, and for float64 or non-4-D input, it
-    falls back to the torch reference in alexnet.layers. The output has x's dtype and (dense)
-    memory layout; under autocast it runs in the input's dtype.
-    """
-    if (x.dim() == 4 and x.dtype in (torch.float32, torch.float16, torch.bfloat16)
-            and size >= 1 and (x.is_cuda or (x.device.type == "cpu" and interpreting()))):
-        _group(x.shape[1], groups)
-        return _ResponseNormFn.apply(x, int(size), float(scale), float(beta), float(k), bool(relu),
-                                     int(groups))
-    from alexnet.layers import response_norm
-
-    return response_norm(torch.relu(x) if relu else x, size, scale, beta, k, groups)

@@ -1,50 +1,47 @@
-"""The 2012 network: two columns, five convolutional and three fully connected layers.
+"""The 2012 network: two columns, five convolutional and three fully connected layers, built from the
+paper's table in `alexnet.models.spec`. For a 224x224 input (per column in brackets):
 
-Layer by layer, for a 224x224 input (per column in brackets; PAPER.md, Architecture):
+    conv1  96 (48+48)   11x11/4, overhang -> 55x55   ReLU, LRN, max-pool 3/2 -> 27x27
+    conv2 256 (128+128) 5x5, own column   -> 27x27   ReLU, LRN, max-pool 3/2 -> 13x13
+    conv3 384 (192+192) 3x3, both columns -> 13x13   ReLU
+    conv4 384 (192+192) 3x3, own column   -> 13x13   ReLU
+    conv5 256 (128+128) 3x3, own column   -> 13x13   ReLU, max-pool 3/2 -> 6x6
+    fc6  4096 (2048+2048) from both columns           ReLU, dropout 0.5
+    fc7  4096 (2048+2048) from both columns           ReLU, dropout 0.5
+    fc8  classes from both columns                    softmax (in the loss)
 
-    conv1  96 (48+48)  11x11x3 stride 4, cuda-convnet overhang -> 96x55x55   ReLU, LRN, pool -> 27x27
-    conv2 256 (128+128) 5x5x48 pad 2, own column            -> 256x27x27   ReLU, LRN, pool -> 13x13
-    conv3 384 (192+192) 3x3x256 pad 1, both columns          -> 384x13x13   ReLU
-    conv4 384 (192+192) 3x3x192 pad 1, own column            -> 384x13x13   ReLU
-    conv5 256 (128+128) 3x3x192 pad 1, own column            -> 256x13x13   ReLU, pool -> 6x6
-    fc6  4096 (2048+2048) from 9216, both columns                           ReLU, dropout
-    fc7  4096 (2048+2048) from 4096, both columns                           ReLU, dropout
-    fc8  1000 from 4096                                                     softmax (in the loss)
+`AlexNet2012(config)` is the whole network on one device: the columns are channel groups (`groups=2`
+in conv2, conv4, conv5; channels [0, C/2) are the first column). `AlexNet2012(config, column=i)` is
+column i alone, half of every layer (fc8 whole on column 0, none on column 1): what one GPU held.
+Both run the same stages (`spec.STAGES`); between two stages the columns exchange activations, which
+on one device is nothing at all: the grouped tensor is both columns' tensors concatenated.
+`alexnet.parallel.columns` drives the columns stage by stage on two devices or two processes.
 
-`impl` picks how the same function is computed: "auto" (default) runs the fast formulations of
-`alexnet.fastconv` on CUDA (conv1 as a space-to-depth 3x3 convolution, the ReLU fused into the
-response-normalisation kernel, pool1/pool2 through a Triton max-pool that keeps its argmax, the
-grouped layers as measured fastest) and the plain layers
-elsewhere; "reference" always runs the plain layers; "fast" forces the fast ones (tests).
+`impl` picks the formulation when the model is built and records it in `config`: "reference" (the
+torch formulas of `alexnet.layers` everywhere), "fast" (`alexnet.models.fast`: the same functions,
+faster on a GPU; its choices in `config.fast`), "auto" (fast where torch sees CUDA). 60,965,224
+parameters and 724,406,816 multiply-adds per image; `columns=1` is the paper's one-GPU comparison
+(59,798,312 parameters).
 
-On one device the columns are grouped convolutions (`groups=2` in conv2, conv4, conv5): output
-channels [0, C/2) are the first column, [C/2, C) the second. conv1 and conv3 and the FC layers see
-both columns; conv1's two halves read the same image. 60,965,224 parameters, 724,406,816
-multiply-adds per image.
-
-`columns=1` is the paper's one-GPU comparison: half the kernels in conv1-conv4 and one column, but
-all 256 kernels in conv5 and full-size FC layers (its footnote): 59,798,312 parameters.
-
-Two recipes (PAPER.md, "Two recipes"): `paper` is the text; `cuda-convnet` is the 2012 code
-(LRN alpha divided by n and applied before the ReLU in conv1, an extra within-map normalisation
-after conv2, init std 0.03 for conv3-5, biases at twice the learning rate without decay).
+Two recipes (PAPER.md, "Two recipes"): `paper` is the text; `cuda-convnet` is the 2012 code (LRN
+alpha divided by n and applied before the ReLU in conv1, a within-map normalisation after conv2,
+init std 0.03 for conv3-5, biases at twice the learning rate without decay).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from alexnet import fastconv
 from alexnet.errors import ConfigError
-from alexnet.layers import (LRN_ALPHA, LRN_BETA, LRN_K, LRN_SIZE, Overhang, ResponseNorm,
-                            WithinMapNorm, activation, lrn_scale)
+from alexnet.layers import LRN_ALPHA, LRN_BETA, LRN_K, LRN_SIZE, WithinMapNorm, activation, lrn_scale
+from alexnet.models import fast
+from alexnet.models.spec import LayerSpec, layer_table
 
 RECIPES = ("paper", "cuda-convnet")
-#: auto: the fast formulations (alexnet.fastconv) on CUDA, the plain layers elsewhere;
-#: fast: the fast formulations on any device (tests); reference: always the plain layers.
 IMPLS = ("auto", "fast", "reference")
 POOLING = {"overlapping": (3, 2), "non-overlapping": (2, 2)}
 
@@ -59,142 +56,124 @@ class AlexNet2012Config:
     dropout: float = 0.5             # fc6 and fc7, section 4.2
     columns: int = 2                 # 2: the paper's net; 1: its one-GPU comparison
     unit_bias: float = 1.0           # the bias of conv2/4/5 and fc6/7 (Caffe later used 0.1)
-    impl: str = "auto"               # auto: the fast formulations on CUDA (alexnet.fastconv); reference: plain
+    impl: str = "auto"               # auto | fast | reference: the formulation (resolved when built)
+    fast: str = ""                   # impl=fast: choices of alexnet.models.fast ("conv2=grouped,...")
 
     def __post_init__(self):
-        if self.recipe not in RECIPES:
-            raise ConfigError(f"unknown recipe {self.recipe!r}: {', '.join(RECIPES)}")
-        if self.activation not in ("relu", "tanh"):
-            raise ConfigError(f"unknown activation {self.activation!r}: relu, tanh")
-        if self.pooling not in POOLING:
-            raise ConfigError(f"unknown pooling {self.pooling!r}: {', '.join(POOLING)}")
+        for name, value, valid in (("recipe", self.recipe, RECIPES), ("activation", self.activation, ("relu", "tanh")),
+                                   ("pooling", self.pooling, tuple(POOLING)), ("impl", self.impl, IMPLS)):
+            if value not in valid:
+                raise ConfigError(f"unknown {name} {value!r}: {', '.join(valid)}")
         if self.columns not in (1, 2):
             raise ConfigError(f"columns must be 1 or 2, not {self.columns}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), not {self.dropout}")
         if self.num_classes < 1:
             raise ConfigError(f"num_classes must be positive, not {self.num_classes}")
-        if self.impl not in IMPLS:
-            raise ConfigError(f"unknown impl {self.impl!r}: {', '.join(IMPLS)}")
+        fast.parse_choices(self.fast)
+
+    def resolved(self) -> "AlexNet2012Config":
+        """impl 'auto' made definite for this machine, and the fast choices written out in full."""
+        impl = self.impl if self.impl != "auto" else ("fast" if torch.cuda.is_available() else "reference")
+        choices = fast.format_choices(fast.parse_choices(self.fast)) if impl == "fast" else ""
+        return dataclasses.replace(self, impl=impl, fast=choices)
+
+    def layers(self) -> tuple[LayerSpec, ...]:
+        return layer_table(self.columns, self.recipe, self.unit_bias, self.num_classes)
 
 
 class AlexNet2012(nn.Module):
-    """The paper's network. `forward` takes mean-subtracted images, (N, 3, 224, 224) or 227."""
+    """The paper's network (column=None), or one of its two columns. `forward` takes mean-subtracted
+    images (N, 3, 224, 224) (227 works too) and returns logits."""
 
-    def __init__(self, config: AlexNet2012Config | None = None, **options):
+    def __init__(self, config: AlexNet2012Config | None = None, column: int | None = None, **options):
         super().__init__()
-        cfg = config or AlexNet2012Config(**options)
-        self.config = cfg
-        g = cfg.columns  # groups in the column-private layers
-        # Kernels per layer: one column halves conv1-conv4 but keeps conv5 and the FC layers whole.
-        c1, c2, c3, c4 = (96, 256, 384, 384) if g == 2 else (48, 128, 192, 192)
-        c5 = 256
+        cfg = (config or AlexNet2012Config(**options)).resolved()
+        if column is not None and (cfg.columns != 2 or column not in (0, 1)):
+            raise ConfigError(f"column {column}: the two-column network has columns 0 and 1")
+        self.config, self.column = cfg, column
+        choices = fast.parse_choices(cfg.fast) if cfg.impl == "fast" else None
+        self.specs = {s.name: s for s in cfg.layers() if column in (None, 0) or s.split}
         code = cfg.recipe == "cuda-convnet"
+        groups = cfg.columns if column is None else 1          # a window never crosses columns
         scale = lrn_scale(LRN_ALPHA, LRN_SIZE, "cuda-convnet" if code else "paper")
         pool_k, pool_s = POOLING[cfg.pooling]
+        act = cfg.activation
 
-        def norm():
-            return ResponseNorm(LRN_SIZE, scale, LRN_BETA, LRN_K, groups=g) if cfg.response_norm else nn.Identity()
+        def layer(name):
+            return self._layer(self.specs[name], choices)
 
-        self.pad1 = Overhang(11, 4)
-        self.conv1 = nn.Conv2d(3, c1, 11, stride=4)                       # 55x55
-        self.act1 = activation(cfg.activation)
-        self.norm1 = norm()
-        self.pool1 = nn.MaxPool2d(pool_k, pool_s)                          # 27x27
-        self.conv2 = nn.Conv2d(c1, c2, 5, padding=2, groups=g)             # 27x27
-        self.act2 = activation(cfg.activation)
-        self.norm2 = norm()
+        def norm(before):
+            if not cfg.response_norm:
+                return activation(before) if before else nn.Identity()
+            return fast.norm_layer(before, LRN_SIZE, scale, LRN_BETA, LRN_K, groups, choices)
+
+        # The 2012 code's conv1: conv, LRN, pool, ReLU (its LRN sees pre-ReLU values); the paper's:
+        # conv, ReLU, LRN, pool. Pooling commutes with the ReLU, so only the LRN's input differs.
+        self.conv1, self.norm1 = layer("conv1"), norm(None if code else act)
+        self.pool1, self.act1 = fast.pool_layer(pool_k, pool_s, choices), activation(act) if code else nn.Identity()
+        self.conv2, self.norm2 = layer("conv2"), norm(act)
         # The 2012 code adds a within-map normalisation after conv2 (layers-145 `cnorm2`).
         self.mapnorm2 = WithinMapNorm(5, 1e-3 / 25, 0.75, 1.0) if code and cfg.response_norm else nn.Identity()
-        self.pool2 = nn.MaxPool2d(pool_k, pool_s)                          # 13x13
-        self.conv3 = nn.Conv2d(c2, c3, 3, padding=1)                       # 13x13, both columns
-        self.act3 = activation(cfg.activation)
-        self.conv4 = nn.Conv2d(c3, c4, 3, padding=1, groups=g)             # 13x13
-        self.act4 = activation(cfg.activation)
-        self.conv5 = nn.Conv2d(c4, c5, 3, padding=1, groups=g)             # 13x13
-        self.act5 = activation(cfg.activation)
-        self.pool5 = nn.MaxPool2d(pool_k, pool_s)                          # 6x6
-        self.fc6 = nn.Linear(c5 * 6 * 6, 4096)
-        self.act6 = activation(cfg.activation)
-        self.drop6 = nn.Dropout(cfg.dropout)
-        self.fc7 = nn.Linear(4096, 4096)
-        self.act7 = activation(cfg.activation)
-        self.drop7 = nn.Dropout(cfg.dropout)
-        self.fc8 = nn.Linear(4096, cfg.num_classes)
+        self.pool2 = fast.pool_layer(pool_k, pool_s, choices)
+        self.conv3, self.act3 = layer("conv3"), activation(act)
+        self.conv4, self.act4 = layer("conv4"), activation(act)
+        self.conv5, self.act5, self.pool5 = layer("conv5"), activation(act), nn.MaxPool2d(pool_k, pool_s)
+        self.fc6, self.act6, self.drop6 = layer("fc6"), activation(act), nn.Dropout(cfg.dropout)
+        self.fc7, self.act7, self.drop7 = layer("fc7"), activation(act), nn.Dropout(cfg.dropout)
+        self.fc8 = layer("fc8") if "fc8" in self.specs else None
         self.reset_parameters()
 
-    #: Per-model override of alexnet.fastconv.DEFAULTS (not saved: it changes no number computed).
-    fast_options: dict | None = None
+    def _layer(self, s: LayerSpec, choices: dict | None) -> nn.Module:
+        """One layer of the table: the whole layer, or this column's half of its outputs, reading
+        this column's half of the previous layer ('own') or both columns ('both')."""
+        part = self.column is not None
+        outputs = s.kernels // 2 if part and s.split else s.kernels
+        inputs = s.inputs // 2 if part and s.reads == "own" else s.inputs
+        if s.kind == "fc":
+            return nn.Linear(inputs, outputs)
+        groups = self.config.columns if not part and s.reads == "own" else 1
+        pad = "overhang" if s.reads == "image" else s.pad
+        return fast.conv_layer(s.name, inputs, outputs, s.size, s.stride, pad, groups, choices)
 
-    def _fast(self, x: torch.Tensor) -> dict | None:
-        """The fast formulations' options for this input, or None for the plain layers."""
-        impl = self.config.impl
-        if impl == "reference" or (impl == "auto" and not x.is_cuda):
-            return None
-        return self.fast_options if self.fast_options is not None else fastconv.DEFAULTS
+    # The stages; the columns exchange activations between consecutive ones (shapes: whole network).
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        """conv1 and conv2, each column on its own maps."""
+        x = self.conv1(x)                                     # (N, 96, 55, 55)
+        x = self.act1(self.pool1(self.norm1(x)))              # (N, 96, 27, 27)
+        x = self.conv2(x)                                     # (N, 256, 27, 27)
+        return self.pool2(self.mapnorm2(self.norm2(x)))       # (N, 256, 13, 13)
 
-    def _act_norm(self, act: nn.Module, norm: nn.Module, x: torch.Tensor, fast: dict | None) -> torch.Tensor:
-        """norm(act(x)); on the fast path the ReLU is fused into the normalisation kernel."""
-        if fast is None or not isinstance(norm, ResponseNorm) or norm.impl != "auto":
-            return norm(act(x))
-        fuse = bool(fast.get("relu_lrn", True)) and self.config.activation == "relu"
-        if not fuse:
-            x = act(x)
-        return fastconv.relu_response_norm(x, norm.size, norm.scale, norm.beta, norm.k, norm.groups, relu=fuse)
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """conv3 (reads both columns), conv4 and conv5 (own column)."""
+        x = self.act3(self.conv3(x))                          # (N, 384, 13, 13)
+        x = self.act4(self.conv4(x))                          # (N, 384, 13, 13)
+        x = self.pool5(self.act5(self.conv5(x)))              # (N, 256, 6, 6)
+        return torch.flatten(x, 1)                            # (N, 9216)
 
-    def _grouped(self, layer: nn.Conv2d, x: torch.Tensor, fast: dict | None, name: str) -> torch.Tensor:
-        if fast is None or layer.groups == 1:
-            return layer(x)
-        return fastconv.grouped_conv(x, layer.weight, layer.bias, layer.padding[0], layer.groups,
-                                     fast.get(name, "grouped"))
+    def fc6_block(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop6(self.act6(self.fc6(x)))             # (N, 4096)
 
-    def _pool(self, pool: nn.MaxPool2d, x: torch.Tensor, fast: dict | None) -> torch.Tensor:
-        if fast is None or fast.get("pool", "torch") != "triton":
-            return pool(x)
-        return fastconv.max_pool(x, pool.kernel_size, pool.stride)
+    def fc7_block(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act7(self.fc7(x))                         # (N, 4096), before dropout: Figure 4's code
 
-    # The 2012 code's conv1 order: conv, LRN, pool, ReLU (LRN sees pre-ReLU values).
-    def _stage1(self, x: torch.Tensor, fast: dict | None = None) -> torch.Tensor:
-        if fast is not None and fast.get("conv1") == "s2d":
-            x = fastconv.space_to_depth_conv(x, self.conv1.weight, self.conv1.bias, self.conv1.stride[0])
-        else:
-            x = self.conv1(self.pad1(x))
-        if self.config.recipe == "cuda-convnet":
-            if fast is not None and isinstance(self.norm1, ResponseNorm) and self.norm1.impl == "auto":
-                n = self.norm1
-                x = fastconv.relu_response_norm(x, n.size, n.scale, n.beta, n.k, n.groups, relu=False)
-                return self.act1(self._pool(self.pool1, x, fast))
-            return self.act1(self._pool(self.pool1, self.norm1(x), fast))
-        return self._pool(self.pool1, self._act_norm(self.act1, self.norm1, x, fast), fast)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The convolutional part: (N, 3, 224, 224) -> (N, 256, 6, 6)."""
-        fast = self._fast(x)
-        x = self._stage1(x, fast)                                          # (N, 96, 27, 27)
-        x = self._grouped(self.conv2, x, fast, "conv2")
-        x = self._pool(self.pool2, self.mapnorm2(self._act_norm(self.act2, self.norm2, x, fast)), fast)  # 13x13
-        x = self.act3(self.conv3(x))                                       # (N, 384, 13, 13)
-        x = self.act4(self._grouped(self.conv4, x, fast, "conv4"))         # (N, 384, 13, 13)
-        return self.pool5(self.act5(self._grouped(self.conv5, x, fast, "conv5")))  # (N, 256, 6, 6)
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc8(self.drop7(x))                        # (N, classes)
 
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
         """The last hidden layer (fc7 after ReLU, before dropout): Figure 4's 4096-d code."""
-        x = torch.flatten(self.features(x), 1)                             # (N, 9216)
-        x = self.drop6(self.act6(self.fc6(x)))                             # (N, 4096)
-        return self.act7(self.fc7(x))                                      # (N, 4096)
+        return self.fc7_block(self.fc6_block(self.trunk(self.stem(x))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc8(self.drop7(self.hidden(x)))                        # (N, classes)
+        if self.column is not None:
+            raise TypeError("a single column runs stage by stage (alexnet.parallel.columns), not whole")
+        return self.head(self.hidden(x))
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Section 5: weights N(0, 0.01); biases 1 in conv2, conv4, conv5, fc6, fc7, else 0.
-
-        The 2012 code draws conv3-conv5 with std 0.03.
-        """
-        wide = {"conv3", "conv4", "conv5"} if self.config.recipe == "cuda-convnet" else set()
-        unit = {"conv2", "conv4", "conv5", "fc6", "fc7"}
-        for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"):
-            layer = getattr(self, name)
-            layer.weight.normal_(0.0, 0.03 if name in wide else 0.01)
-            layer.bias.fill_(self.config.unit_bias if name in unit else 0.0)
+        """Section 5: weights N(0, 0.01); biases 1 in conv2, conv4, conv5, fc6, fc7, else 0 (the
+        table in alexnet.models.spec, where the 2012 code's 0.03 for conv3-conv5 is too)."""
+        for s in self.specs.values():
+            layer = getattr(self, s.name)
+            layer.weight.normal_(0.0, s.init_std)
+            layer.bias.fill_(s.init_bias)

@@ -22,13 +22,15 @@ its weights' scale and training diverges. The ImageNet network keeps the paper's
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from alexnet.errors import ConfigError
-from alexnet.layers import LRN_ALPHA, LRN_BETA, LRN_K, LRN_SIZE, ResponseNorm, activation
+from alexnet.layers import LRN_ALPHA, LRN_BETA, LRN_K, LRN_SIZE, activation
+from alexnet.models import fast
 from alexnet.models.alexnet2012 import POOLING
 
 INPUT_SCALE = 1 / 64
@@ -106,9 +108,12 @@ class CifarAlexNetConfig:
     columns: int = 2
     input_size: int = 28
     unit_bias: float = 0.1
+    impl: str = "auto"               # auto | fast | reference: the response normalisation's form
 
     def __post_init__(self):
         _check(self)
+        if self.impl not in ("auto", "fast", "reference"):
+            raise ConfigError(f"unknown impl {self.impl!r}: auto, fast, reference")
         if self.pooling not in POOLING:
             raise ConfigError(f"unknown pooling {self.pooling!r}: {', '.join(POOLING)}")
         if self.columns not in (1, 2):
@@ -121,21 +126,27 @@ class CifarAlexNet(nn.Module):
     def __init__(self, config: CifarAlexNetConfig | None = None, **options):
         super().__init__()
         cfg = config or CifarAlexNetConfig(**options)
+        if cfg.impl == "auto":
+            cfg = dataclasses.replace(cfg, impl="fast" if torch.cuda.is_available() else "reference")
         self.config = cfg
         g = cfg.columns
         c1, c2, c3, c4 = (64, 128, 192, 192) if g == 2 else (32, 64, 96, 96)
         c5 = 128
         pool_k, pool_s = POOLING[cfg.pooling]
 
-        def norm():
-            return ResponseNorm(LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K, groups=g) if cfg.response_norm else nn.Identity()
+        choices = fast.parse_choices("") if cfg.impl == "fast" else None
+
+        def norm():  # the activation before it, fused with it where the form allows (act1/act2: identity)
+            if not cfg.response_norm:
+                return activation(cfg.activation)
+            return fast.norm_layer(cfg.activation, LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K, g, choices)
 
         self.conv1 = nn.Conv2d(3, c1, 5, padding=2)
-        self.act1 = activation(cfg.activation)
+        self.act1 = nn.Identity()
         self.norm1 = norm()
         self.pool1 = nn.MaxPool2d(pool_k, pool_s, ceil_mode=True)
         self.conv2 = nn.Conv2d(c1, c2, 5, padding=2, groups=g)
-        self.act2 = activation(cfg.activation)
+        self.act2 = nn.Identity()
         self.norm2 = norm()
         self.pool2 = nn.MaxPool2d(pool_k, pool_s, ceil_mode=True)
         self.conv3 = nn.Conv2d(c2, c3, 3, padding=1)

@@ -266,4 +266,40 @@ def format_accounting(acc: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["column_accounting", "format_accounting"]
+__all__ = ["column_accounting", "format_accounting", "run_accounting", "format_run_accounting"]
+
+
+def run_accounting(config, batch: int, crop: int, value_bytes: int, form: str, described: str,
+                   world_size: int = 1, params: int = 0) -> dict:
+    """What a training run moves and holds per step: for the columns, the exchanges and each
+    device's memory (fp32 estimate); for data parallelism, the gradient all-reduce."""
+    if not form.startswith("columns"):
+        return {"mode": "data", "form": form, "layout": described, "world_size": world_size,
+                "gradient_allreduce_bytes_per_step": params * 4,
+                "ring_bytes_sent_per_process": int(2 * (world_size - 1) / max(world_size, 1) * params * 4)}
+    comm = column_accounting(config, batch, crop, value_bytes)["columns"]
+    held = column_accounting(config, batch, crop, 4)["columns"]
+    return {
+        "mode": "columns", "form": form, "layout": described, "batch": batch, "exchange_value_bytes": value_bytes,
+        "exchanged_per_step": {"forward_bytes": comm["comm"]["forward_bytes"],
+                               "backward_bytes": comm["comm"]["backward_bytes"],
+                               "points": [{k: e[k] for k in ("point", "shape_per_column", "direction", "forward_bytes",
+                                                             "backward_bytes")} for e in comm["exchanges"]]},
+        "per_device_memory_estimate": held["per_device"],
+        "memory_note": "fp32 estimate: parameters, gradients, PaperSGD velocities, the input batch and the "
+                       "activations saved for backward",
+    }
+
+
+def format_run_accounting(info: dict) -> list[str]:
+    """The log lines of `run_accounting` for the columns (none for data parallelism)."""
+    if info["mode"] != "columns":
+        return []
+    mib = lambda b: f"{b / 2**20:,.1f} MiB"  # noqa: E731
+    ex = info["exchanged_per_step"]
+    return [f"columns exchange per step ({info['exchange_value_bytes']}-byte values): forward "
+            f"{mib(ex['forward_bytes'])}, backward {mib(ex['backward_bytes'])} ("
+            + ", ".join(f"{p['point']} {mib(p['forward_bytes'])}" for p in ex["points"]) + " each way)",
+            "memory per device (fp32 estimate): " + ", ".join(
+                f"column {d['device']} {mib(d['total_bytes'])} (parameters {mib(d['param_bytes'])}, activations "
+                f"{mib(d['activation_bytes'])})" for d in info["per_device_memory_estimate"])]

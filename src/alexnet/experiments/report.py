@@ -70,9 +70,9 @@ img{max-width:100%;border:1px solid #eee;margin:6px 0}.note{color:#666;font-size
 def build_report(run: str | Path, out: str | Path | None = None, data: str | None = None, device: str = "cpu",
                  neighbours_max_train: int | None = 10000, log=print) -> Path:
     from alexnet.checkpoint import load_checkpoint, model_from_checkpoint
-    from alexnet.figures import (curves_figure, kernels_figure, nearest_neighbours, neighbours_figure,
+    from alexnet.experiments.figures import (curves_figure, kernels_figure, nearest_neighbours, neighbours_figure,
                                  open_data, predictions, predictions_figure)
-    from alexnet.train import resolve_device
+    from alexnet.runtime import resolve_device
 
     run = Path(run)
     if not (run / "config.json").exists():

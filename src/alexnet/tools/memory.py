@@ -5,9 +5,9 @@ GPU". `measure()` answers it on a CUDA device today, for one training step at ba
 GTX 580 had no bf16), with the paper's SGD (`PaperSGD`: one velocity per parameter):
 
 * `whole`: the grouped `AlexNet2012` on one device, on its plain layers (`impl="reference"`,
-  as a `Column` computes): the peak of `torch.cuda.max_memory_allocated` over a few steps (parameters, gradients, velocities, the input batch, the activations saved for
+  as a column computes): the peak of `torch.cuda.max_memory_allocated` over a few steps (parameters, gradients, velocities, the input batch, the activations saved for
   backward, and cuDNN/cuBLAS workspaces, which PyTorch takes from its allocator).
-* `column_0`, `column_1`: one `Column` on its own, as one GPU of the pair saw it: its share of the
+* `column_0`, `column_1`: one column (`AlexNet2012(cfg, column=i)`) on its own, as one GPU of the pair saw it: its share of the
   weights, the whole input batch, and the tensors the other column sends (its pool2 maps into
   conv3, pool5 into fc6, fc6 into fc7, and into fc8 on column 0) as inputs of the same shapes; the
   gradients of what it sent come back as tensors of the same shapes. Column 0 holds fc8.
@@ -25,7 +25,7 @@ GB here means GiB (2**30 bytes): the GTX 580's "3 GB" is 3,072 MiB.
 
 On the CPU `measure()` returns `column_accounting`'s estimate (`alexnet.parallel.accounting`) and
 says that the measurement needs CUDA. `alexnet memory [--batch 128] [--cap-gb 3] [--json]`, or
-`python -m alexnet.memory ...`, prints it.
+`python -m alexnet.tools.memory ...`, prints it.
 """
 
 from __future__ import annotations
@@ -38,49 +38,21 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from alexnet.models.alexnet2012 import AlexNet2012, AlexNet2012Config
+from alexnet.parallel.columns import TwoDeviceAlexNet
+
 GiB = 2 ** 30
 MiB = 2 ** 20
-
-
-# ---------------------------------------------------------------------------------------------
-# The per-process cap (also `alexnet train --memory-cap-gb`)
-
-
-def apply_memory_cap(cap_gb: float | None, devices) -> list[dict]:
-    """Cap the caching allocator on each CUDA device in `devices` at `cap_gb` GiB (the fraction
-    cap / total of each device); returns what was set. Devices that are not CUDA are skipped."""
-    if cap_gb is None:
-        return []
-    if cap_gb <= 0:
-        from alexnet.errors import ConfigError
-
-        raise ConfigError(f"memory cap must be positive, not {cap_gb} GB")
-    out = []
-    for dev in dict.fromkeys(torch.device(d) for d in devices):
-        if dev.type != "cuda":
-            continue
-        index = dev.index if dev.index is not None else torch.cuda.current_device()
-        total = torch.cuda.get_device_properties(index).total_memory
-        fraction = min(1.0, cap_gb * GiB / total)
-        torch.cuda.set_per_process_memory_fraction(fraction, index)
-        out.append({"device": f"cuda:{index}", "cap_bytes": int(cap_gb * GiB), "total_bytes": total,
-                    "fraction": fraction})
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
 # Steps to measure
 
 
-def _config(num_classes: int):
-    """The paper's network on its plain layers (`impl="reference"`, as `Column` computes), so the
-    whole network and a column are measured alike."""
-    import dataclasses
-
-    from alexnet.models.alexnet2012 import AlexNet2012Config
-
-    fields = {f.name for f in dataclasses.fields(AlexNet2012Config)}
-    return AlexNet2012Config(num_classes=num_classes, **({"impl": "reference"} if "impl" in fields else {}))
+def _config(num_classes: int) -> AlexNet2012Config:
+    """The paper's network on its plain layers (`impl="reference"`), so the whole network and a
+    column are measured alike."""
+    return AlexNet2012Config(num_classes=num_classes, impl="reference")
 
 
 def _batch(batch: int, size: int, classes: int, dev):
@@ -96,23 +68,14 @@ def _sgd(module):
 
 
 def _whole_steps(dev, batch: int, size: int, classes: int, steps: int) -> None:
-    from alexnet.models.alexnet2012 import AlexNet2012
-
-    model = AlexNet2012(_config(classes)).to(dev).train()
-    opt = _sgd(model)
-    x, y = _batch(batch, size, classes, dev)
-    for _ in range(steps):
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    torch.cuda.synchronize(dev)
+    _model_steps(AlexNet2012(_config(classes)).to(dev).train(), dev, batch, size, classes, steps)
 
 
 def _two_columns_steps(dev, batch: int, size: int, classes: int, steps: int) -> None:
-    from alexnet.parallel.columns import TwoDeviceAlexNet
+    _model_steps(TwoDeviceAlexNet(_config(classes), (dev, dev)).train(), dev, batch, size, classes, steps)
 
-    model = TwoDeviceAlexNet(_config(classes), (dev, dev)).train()
+
+def _model_steps(model, dev, batch: int, size: int, classes: int, steps: int) -> None:
     opt = _sgd(model)
     x, y = _batch(batch, size, classes, dev)
     for _ in range(steps):
@@ -124,11 +87,11 @@ def _two_columns_steps(dev, batch: int, size: int, classes: int, steps: int) -> 
 
 
 def column_step(column, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-    """Forward and backward of one `Column` as its own device sees it: the other column's
+    """Forward and backward of one column (`AlexNet2012(cfg, column=i)`) as its own device sees it: the other column's
     tensors arrive as inputs of the right shapes (random values), and the gradient of every tensor
     this column sends comes back as a new tensor of the same shape. Returns the loss (column 0) or
     the fc7 output sent to column 0 (column 1), detached."""
-    first = column.index == 0
+    first = column.column == 0
 
     def received(like: torch.Tensor) -> torch.Tensor:
         return torch.randn_like(like).requires_grad_()
@@ -142,11 +105,11 @@ def column_step(column, x: torch.Tensor, y: torch.Tensor | None = None) -> torch
         return torch.cat([mine, other] if first else [other, mine], dim=1)
 
     a = sent(column.stem(x))                                     # -> conv3
-    b = sent(column.middle(both(a)).flatten(1))                  # -> fc6
-    h = sent(column.fc6_stage(both(b)))                          # -> fc7
-    d = column.drop7(column.fc7_stage(both(h)))
-    if column.has_fc8:
-        loss = F.cross_entropy(column.fc8(both(d)), y)           # column 1's fc7 arrives here
+    b = sent(column.trunk(both(a)))                              # -> fc6
+    h = sent(column.fc6_block(both(b)))                          # -> fc7
+    d = column.fc7_block(both(h))
+    if first:
+        loss = F.cross_entropy(column.head(both(d)), y)          # column 1's fc7 arrives here
         loss.backward()
         return loss.detach()
     d.backward(torch.randn_like(d))                              # fc8's gradient from column 0
@@ -154,9 +117,7 @@ def column_step(column, x: torch.Tensor, y: torch.Tensor | None = None) -> torch
 
 
 def _column_steps(dev, batch: int, size: int, classes: int, steps: int, index: int) -> None:
-    from alexnet.parallel.columns import Column
-
-    column = Column(_config(classes), index).to(dev).train()
+    column = AlexNet2012(_config(classes), column=index).to(dev).train()
     opt = _sgd(column)
     x, y = _batch(batch, size, classes, dev)
     for _ in range(steps):

@@ -27,6 +27,9 @@ Figures and their analysis: docs/notes-speed.md.
 
 from __future__ import annotations
 
+import argparse
+import sys
+
 import contextlib
 import dataclasses
 import json
@@ -158,7 +161,6 @@ def measure(fns: dict, timer: Timer, warmup: int, steps: int, repeats: int, min_
 
 def build_nets(cfg: BenchConfig, device: torch.device) -> dict:
     """{name: {"model", "net" (compiled or not), "compile"}} for alexnet2012 and torchvision."""
-    from alexnet import fastconv
     from alexnet.models import build_model
 
     fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
@@ -166,9 +168,8 @@ def build_nets(cfg: BenchConfig, device: torch.device) -> dict:
     for name in NETS:
         torch.manual_seed(cfg.seed)
         if name == "alexnet2012":
-            model = build_model("alexnet2012", impl="reference" if cfg.reference else "auto")
-            if cfg.fast:
-                model.fast_options = fastconv.parse_options(cfg.fast)
+            impl = "reference" if cfg.reference else ("fast" if cfg.fast else "auto")
+            model = build_model("alexnet2012", impl=impl, fast=cfg.fast or "")
         else:
             model = build_model("torchvision")
         model = model.to(device).to(memory_format=fmt)
@@ -487,7 +488,7 @@ def _rate(batch: int, ms: float) -> float:
 def run_bench(cfg: BenchConfig) -> dict:
     cfg = cfg.resolved()
     log = cfg.log or (lambda *a, **k: None)
-    from alexnet.train import resolve_device
+    from alexnet.runtime import resolve_device
 
     device = resolve_device(cfg.device)
     cuda = device.type == "cuda"
@@ -500,10 +501,10 @@ def run_bench(cfg: BenchConfig) -> dict:
         k: v for k, v in dataclasses.asdict(cfg).items() if k != "log"}, "rows": [], "nets": {}}
     result["config"]["precision"] = "bf16 autocast" if amp else "fp32"
     result["config"]["memory_format"] = "channels_last" if cuda else "contiguous"
-    from alexnet import fastconv
+    from alexnet.models import fast
 
     result["config"]["fast_options"] = ("reference (plain layers)" if cfg.reference or not cuda
-                                        else fastconv.parse_options(cfg.fast))
+                                        else fast.format_choices(fast.parse_choices(cfg.fast)))
     log(f"alexnet bench on {result['env'].get('gpu', 'cpu')} (torch {torch.__version__}"
         f"{', cuDNN ' + str(result['env']['cudnn']) if cuda else ''}), batches {list(cfg.batches)}")
     nets = build_nets(cfg, device)
@@ -609,7 +610,9 @@ def run_e2e(cfg, nets, device, amp, fmt, timer, log, add) -> dict:
     from alexnet.data.augment import Augment
     from alexnet.data.loader import BatchLoader
     from alexnet.data.prepared import PreparedData
-    from alexnet.train import TrainStep
+    from alexnet.parallel.distributed import DistributedContext
+    from alexnet.parallel.placement import Placement
+    from alexnet.step import TrainStep
 
     workdir = Path(cfg.workdir) if cfg.workdir else Path(tempfile.mkdtemp(prefix="alexnet-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -631,7 +634,9 @@ def run_e2e(cfg, nets, device, amp, fmt, timer, log, add) -> dict:
         e["model"].train()
         e.setdefault("opt", make_optimizer(e["model"]))
         gen = torch.Generator(device=device).manual_seed(cfg.seed)
-        step = TrainStep(e["net"], e["opt"], Augment(crop=224), stats, gen, amp, fmt)
+        placement = Placement("single", e["model"], DistributedContext(), "paper")
+        placement.net = e["net"]
+        step = TrainStep(placement, e["opt"], Augment(crop=224), stats, gen, amp, fmt)
         for b in cfg.e2e_batches:
             # synthetic uint8 batches on the device: the rate to match
             u8 = [random_u8(b, device, seed=cfg.seed + k) for k in range(2)]
@@ -769,3 +774,60 @@ def main(cfg: BenchConfig, as_json: bool = False, json_out: str | None = None) -
         Path(json_out).write_text(json.dumps(result, indent=1, default=str))
     print(text if as_json else format_table(result))
     return result
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+
+    if args.small and args.device == "auto":
+        args.device = "cpu"
+    log = (lambda *a, **k: print(*a, file=sys.stderr, flush=True)) if args.json else \
+        (lambda *a, **k: print(*a, flush=True))
+    cfg = BenchConfig(device=args.device, small=args.small, batches=tuple(args.batch) if args.batch else None,
+                      steps=args.steps, repeats=args.repeats, warmup=args.warmup, compile=args.compile,
+                      compile_mode=args.compile_mode, reference=args.reference, fast=args.fast,
+                      eval_batch=args.eval_batch, data=args.data, replicate_to=args.replicate_to,
+                      e2e_batches=tuple(args.e2e_batch) if args.e2e_batch else None, e2e_steps=args.e2e_steps,
+                      threads=args.threads, reader=args.reader, loader_variants=tuple(args.loader_variants or ()),
+                      workdir=args.workdir, cold=args.cold,
+                      rows=tuple(args.rows) if args.rows else ("train", "infer", "tencrop", "e2e"),
+                      profile=args.profile, log=None if args.quiet else log)
+    try:
+        main(cfg, as_json=args.json, json_out=args.json_out)
+    except ValueError as e:
+        print(f"alexnet bench: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="training/inference throughput of alexnet2012 beside torchvision's alexnet, "
+                                     "ten-crop evaluation and end-to-end training from prepared data")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--small", action="store_true", help="tiny batches and few steps, no compile (CI on the CPU)")
+    p.add_argument("--batch", type=int, nargs="+", help="batch sizes (default 128 256)")
+    p.add_argument("--steps", type=int, help="timed steps per run (default 20)")
+    p.add_argument("--repeats", type=int, help="timed runs; the median counts (default 5)")
+    p.add_argument("--warmup", type=int, help="untimed steps first (default 10)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile both networks (default: on CUDA)")
+    p.add_argument("--compile-mode", help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
+    p.add_argument("--reference", action="store_true", help="alexnet2012 on its plain layers (impl=reference)")
+    p.add_argument("--fast", help="alexnet.fastconv options, e.g. conv1=s2d,conv2=blockdiag,relu_lrn=1")
+    p.add_argument("--rows", nargs="+", choices=["train", "infer", "tencrop", "e2e"],
+                   help="what to measure (default: all)")
+    p.add_argument("--eval-batch", type=int, help="images per ten-crop batch (default 128)")
+    p.add_argument("--data", help="an `alexnet prepare` folder for the end-to-end row (default: synthetic images)")
+    p.add_argument("--replicate-to", type=int, help="repeat its train split to this many images first")
+    p.add_argument("--e2e-batch", type=int, nargs="+", help="end-to-end batch sizes (default: --batch)")
+    p.add_argument("--e2e-steps", type=int, help="timed loader-fed steps (default 300)")
+    p.add_argument("--threads", type=int, help="loader threads")
+    p.add_argument("--reader", choices=["auto", "gather", "pread", "split"], default="auto", help="loader reader")
+    p.add_argument("--loader-variants", nargs="+", metavar="READER:THREADS",
+                   help="more end-to-end runs with other loader settings, e.g. pread:4 gather:1")
+    p.add_argument("--workdir", help="keep made or replicated data here (default: a temporary folder)")
+    p.add_argument("--cold", action="store_true", help="drop the data file from the page cache first")
+    p.add_argument("--profile", action="store_true", help="GPU time per op category of one train step")
+    p.add_argument("--json", action="store_true", help="print the results as JSON (progress to stderr)")
+    p.add_argument("--json-out", help="also write the JSON results to this file")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=cmd_bench)

@@ -1,0 +1,203 @@
+"""Where a run's network lives, and how its state maps to the one checkpoint form.
+
+* `single`: one device.
+* `ddp`: a replica per process (torchrun), the batch sharded, gradients all-reduced.
+* `columns`: the paper's two columns in this process (`TwoDeviceAlexNet`): two GPUs, or one GPU's
+  two streams, or the CPU twice.
+* `columns-distributed`: one column per process (`DistributedColumnAlexNet`), both reading the
+  whole batch.
+
+Checkpoints are always in the grouped form: `model` is an `AlexNet2012`-style state dict and
+`optimizer` the state dict a `PaperSGD` over the grouped model would have (velocities in its
+parameter order), so a run in any form resumes from, and `alexnet eval` reads, any other's.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from alexnet.checkpoint import unwrap
+from alexnet.data.loader import shard_bounds
+from alexnet.errors import ConfigError
+from alexnet.evaluate import evaluate_split
+from alexnet.models.alexnet2012 import AlexNet2012
+from alexnet.optim import param_groups
+from alexnet.parallel.columns import DistributedColumnAlexNet, TwoDeviceAlexNet
+from alexnet.parallel.convert import (load_named_optimizer_state, merge_state_dicts, named_optimizer_state,
+                                      split_state_dict)
+from alexnet.parallel.distributed import DistributedContext
+
+__all__ = ["Placement", "place"]
+
+
+def place(model: nn.Module, parallel: str, dist: DistributedContext, devices: list[torch.device],
+          recipe: str) -> "Placement":
+    """Put a freshly built (grouped) model where the run wants it."""
+    if parallel == "columns" and dist.enabled:
+        if dist.world_size != 2:
+            raise ConfigError(f"--parallel columns runs in one process or in two (torchrun --nproc-per-node 2), "
+                              f"not {dist.world_size}")
+        column = DistributedColumnAlexNet(model.config).to(dist.device)
+        column.load_grouped_state_dict(model.state_dict())
+        return Placement("columns-distributed", column.train(), dist, recipe)
+    if parallel == "columns":
+        return Placement("columns", TwoDeviceAlexNet.from_grouped(model, devices).train(), dist, recipe)
+    return Placement("ddp" if dist.enabled else "single", model.to(devices[0]), dist, recipe)
+
+
+class Placement:
+    """The network of a run (`model`), what the training step calls (`net`), and its state in the
+    grouped checkpoint form."""
+
+    def __init__(self, kind: str, model: nn.Module, dist: DistributedContext, recipe: str):
+        self.kind, self.model, self.dist, self.recipe = kind, model, dist, recipe
+        self.net = dist.wrap(model) if kind == "ddp" else model
+        self._names = None
+
+    @property
+    def columns(self) -> bool:
+        return self.kind.startswith("columns")
+
+    @property
+    def has_logits(self) -> bool:
+        """False on rank 1 of one column per process: it has no fc8."""
+        return self.kind != "columns-distributed" or self.model.is_root
+
+    @property
+    def loader_shard(self) -> tuple[int, int]:
+        """(rank, world_size) for the loader: only DDP shards the batch; columns all read all of it."""
+        return (self.dist.rank, self.dist.world_size) if self.kind == "ddp" else (0, 1)
+
+    @property
+    def weight(self) -> float:
+        """This rank's share in a sum over ranks that gives a per-run scalar (loss, error)."""
+        if self.kind == "ddp":
+            return 1.0 / self.dist.world_size
+        if self.kind == "columns-distributed":
+            return 1.0 if self.model.is_root else 0.0
+        return 1.0
+
+    @property
+    def devices(self) -> list[torch.device]:
+        if self.kind == "columns":
+            return list(self.model.devices)
+        return [next(self.model.parameters()).device]
+
+    def describe(self) -> str:
+        if self.kind == "columns":
+            d0, d1 = self.model.devices
+            how = "two CUDA streams on one GPU" if d0 == d1 and d0.type == "cuda" else (
+                "one after the other on the CPU" if d0.type == "cpu" else "two devices")
+            return f"two columns in one process: column 0 on {d0}, column 1 on {d1} ({how})"
+        if self.kind == "columns-distributed":
+            return f"one column per process: column {self.dist.rank} on {self.devices[0]} of 2 processes"
+        if self.kind == "ddp":
+            return f"data parallel: {self.dist.world_size} processes (DDP)"
+        return "one device"
+
+    def compile(self) -> None:
+        """torch.compile what the step runs: the network, or each column's stages."""
+        if self.columns:
+            self.model.compile_stages()
+        else:
+            self.net = torch.compile(self.net)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The cross-entropy (rank 1 of one column per process: the placeholder carrying backward)."""
+        if self.kind == "columns-distributed":
+            return self.model.loss(logits, labels, lambda o, t: F.cross_entropy(o.float(), t))
+        return F.cross_entropy(logits.float(), labels.to(logits.device))
+
+    def evaluate(self, split, mean: torch.Tensor, crop: int, crops: int, **options) -> dict:
+        """Top-1/top-5 error on `split`, each image counted once, the same dict on every process.
+        DDP: each rank evaluates a contiguous part (no padding; a part may be empty) and the counts
+        are summed. One column per process: both ranks run every batch (the forward pass is
+        collective) and rank 0's result is shared. `options`: those of `evaluate_split`."""
+        if self.kind == "ddp":
+            lo, hi = shard_bounds(len(split), self.dist.rank, self.dist.world_size)
+            return evaluate_split(unwrap(self.model), split.subset(torch.arange(lo, hi)), mean, crop, crops,
+                                  sum_=self.dist.sum_, **options)
+        if self.kind == "columns-distributed":
+            result = evaluate_split(_RootLogits(self.model), split, mean, crop, crops, **options)
+            return self.dist.broadcast_object(result)
+        return evaluate_split(self.model, split, mean, crop, crops, **options)
+
+    # -- checkpoints in the grouped form --------------------------------------------------------
+    def _grouped_names(self) -> list[list[str]]:
+        """The grouped model's parameter names, per optimizer group, in PaperSGD's order."""
+        if self._names is None:
+            with torch.device("meta"):
+                grouped = AlexNet2012(self.model.config)
+            names = {id(p): n for n, p in grouped.named_parameters()}
+            self._names = [[names[id(p)] for p in g["params"]] for g in param_groups(grouped, self.recipe, 1.0)]
+        return self._names
+
+    def model_state(self) -> dict | None:
+        """The grouped state dict on the CPU, on rank 0 (None elsewhere); collective when the columns
+        are in two processes."""
+        if self.kind == "columns-distributed":
+            sd = self.model.grouped_state_dict()
+        elif not self.dist.is_main:
+            return None
+        else:
+            sd = self.model.grouped_state_dict() if self.kind == "columns" else unwrap(self.model).state_dict()
+        return None if sd is None else {k: v.detach().cpu() for k, v in sd.items()}
+
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict | None:
+        """The grouped model's optimizer state dict on rank 0 (None elsewhere); collective when the
+        columns are in two processes."""
+        if not self.columns:
+            return optimizer.state_dict() if self.dist.is_main else None
+        if self.kind == "columns":
+            named = merge_state_dicts(*(named_optimizer_state(c, optimizer) for c in self.model.columns))
+        else:
+            named = self.model.gather_grouped(named_optimizer_state(self.model, optimizer))
+            if named is None:
+                return None
+        state, groups, index = {}, [], 0
+        for names, group in zip(self._grouped_names(), optimizer.param_groups):
+            ids = []
+            for name in names:
+                if name in named:
+                    state[index] = {"velocity": named[name].detach().cpu()}
+                ids.append(index)
+                index += 1
+            groups.append({k: v for k, v in group.items() if k != "params"} | {"params": ids})
+        return {"state": state, "param_groups": groups}
+
+    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict) -> None:
+        """Load a grouped-form optimizer state dict (from a run in any form)."""
+        if not self.columns:
+            optimizer.load_state_dict(state)
+            return
+        names = self._grouped_names()
+        flat = [n for group in names for n in group]
+        saved_groups = state["param_groups"]
+        if [len(g["params"]) for g in saved_groups] != [len(g) for g in names]:
+            raise ConfigError("the checkpoint's optimizer state does not match this network's parameters")
+        named = {flat[int(i)]: s["velocity"] for i, s in state["state"].items() if "velocity" in s}
+        for group, saved in zip(optimizer.param_groups, saved_groups):
+            group.update({k: v for k, v in saved.items() if k != "params"})
+        halves = split_state_dict(named)
+        if self.kind == "columns":
+            for column, half in zip(self.model.columns, halves):
+                load_named_optimizer_state(column, optimizer, half)
+        else:
+            load_named_optimizer_state(self.model, optimizer, halves[self.model.rank])
+
+
+class _RootLogits(nn.Module):
+    """One column per process, evaluated: rank 0's logits; rank 1 (whose forward still takes part
+    in the exchanges) returns zeros of the same shape, which are never scored."""
+
+    def __init__(self, model: DistributedColumnAlexNet):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        if self.model.is_root:
+            return out
+        return torch.zeros(x.shape[0], self.model.config.num_classes, device=x.device)
