@@ -110,11 +110,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from alexnet.train import train
 
     fields, arch_options = _split_args(args)
+    given = set(fields) | ({"arch_options"} if arch_options else set())
     demo = fields.get("data") is None and not fields.get("resume")
     fields.setdefault("arch", "cifar-alexnet" if demo else "alexnet2012")
     if fields.get("resume") and "out" not in fields:
         raise AlexnetError("--resume continues the run in --out RUN: name it")
-    given = set(fields) | ({"arch_options"} if arch_options else set())
     stamp = time.strftime("%Y%m%d-%H%M%S")
     fields.setdefault("out", f"runs/{fields['arch']}{'-demo' if demo else ''}-{stamp}")
     if demo:

@@ -174,6 +174,10 @@ def merge_for_resume(saved: dict, cfg: TrainConfig, given: set[str]) -> tuple[Tr
         new, old = getattr(cfg, name), saved.get(name, FIELDS[name].default)
         if _same(new, old):
             continue
+        if name == "arch_options":             # each network option by its own flag
+            refused += [f"--{k.replace('_', '-')} {_show(v)} (the run has {_show(old.get(k, 'the default'))})"
+                        for k, v in sorted(new.items()) if old.get(k) != v]
+            continue
         if FIELDS[name].metadata["resume"] == "apply":
             merged[name] = new
             changed.append(name)

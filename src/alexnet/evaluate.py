@@ -21,7 +21,7 @@ from alexnet.checkpoint import load_checkpoint, model_from_checkpoint
 from alexnet.data.augment import views
 from alexnet.data.loader import BatchLoader
 from alexnet.data.prepared import PreparedData, is_prepared
-from alexnet.errors import DataError, Interrupted
+from alexnet.errors import ConfigError, DataError, Interrupted
 from alexnet.runtime import amp_dtype as precision_dtype, resolve_device
 
 __all__ = ["crop_probabilities", "topk_errors", "evaluate_split", "load_models", "evaluate_checkpoints",
@@ -139,6 +139,10 @@ def evaluate_checkpoints(paths: list[str], data_dir: str, split: str | None = No
     image-folder tree or of an `alexnet prepare` directory."""
     from alexnet.data.prepare import prepare
 
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be positive, not {batch_size}")
+    if crops not in (1, 10):
+        raise ConfigError(f"--crops must be 1 or 10, not {crops}")
     dev = resolve_device(device)
     loaded = load_models(paths, dev)
     first = loaded[0].ckpt

@@ -29,7 +29,7 @@ def export_safetensors(ckpt: dict, out: Path) -> Path:
 
 
 def export_onnx(ckpt: dict, out: Path, opset: int = 17) -> Path:
-    model = model_from_checkpoint(ckpt).eval()
+    model = model_from_checkpoint(ckpt, impl="reference").eval()
     crop = ckpt["crop"]
     x = torch.randn(1, 3, crop, crop) * 50
     torch.onnx.export(model, (x,), str(out), input_names=["image"], output_names=["logits"],
@@ -48,7 +48,7 @@ def check_onnx(ckpt: dict, path: Path, batch: int = 2) -> float:
         import onnxruntime as ort
     except ImportError:
         return float("nan")
-    model = model_from_checkpoint(ckpt).eval()
+    model = model_from_checkpoint(ckpt, impl="reference").eval()
     x = torch.randn(batch, 3, ckpt["crop"], ckpt["crop"]) * 50
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = torch.from_numpy(sess.run(None, {"image": x.numpy()})[0])
@@ -58,9 +58,10 @@ def check_onnx(ckpt: dict, path: Path, batch: int = 2) -> float:
 
 
 def export(checkpoint: str, fmt: str, out: str | None = None) -> tuple[Path, float | None]:
-    ckpt = load_checkpoint(checkpoint)
     if fmt not in ("safetensors", "onnx"):
         raise ConfigError(f"unknown export format {fmt!r}: safetensors, onnx")
+    ckpt = load_checkpoint(checkpoint)
+    model_from_checkpoint(ckpt, impl="reference", where=checkpoint)     # the weights fit their network
     path = Path(out) if out else Path(checkpoint).with_suffix("." + fmt)
     if fmt == "safetensors":
         return export_safetensors(ckpt, path), None

@@ -63,8 +63,10 @@ class _Stall:
         self.steps = self.steps + 1 if near else 0
         return self.window > 0 and self.steps >= self.window
 
-    def epoch(self, val_error: float, steps: int) -> bool:
-        flat = val_error >= self.chance_error - self.tolerance
+    def epoch(self, val_error: float, steps: int, images: int) -> bool:
+        # at chance: no better than guessing, beyond three standard errors of a guess on `images`
+        spread = 3 * math.sqrt(self.chance_error * (1 - self.chance_error) / max(images, 1))
+        flat = val_error >= self.chance_error - max(spread, self.tolerance * self.chance_error)
         self.flat_epochs = self.flat_epochs + 1 if flat else 0
         self.flat_steps = self.flat_steps + steps if flat else 0
         return 0 < self.epochs <= self.flat_epochs and self.flat_steps >= self.MIN_FLAT_STEPS
@@ -162,7 +164,7 @@ def end_epoch(run: Run, epoch: int, stall: _Stall) -> dict:
     run.log(f"epoch {epoch + 1}: train loss {train_loss:.4f} top-1 err {train_err:.4f} | val top-1 err "
             f"{val['top1_error']:.4f} top-5 err {val['top5_error']:.4f} | {metrics['images_per_second']:,.0f} img/s, "
             f"{seconds:.1f} s{warm}")
-    if stall.epoch(val["top1_error"], stats_batches):
+    if stall.epoch(val["top1_error"], stats_batches, val["images"]):
         raise TrainingDiverged(f"validation error has stayed at chance ({stall.chance_error:.3f}) for "
                                f"{stall.flat_epochs} epochs ({stall.flat_steps} steps): the network is not learning. "
                                f"Try --unit-bias 0.1 or a lower --lr. {run.kept()}.")
