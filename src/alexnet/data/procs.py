@@ -15,7 +15,8 @@ import signal
 __all__ = ["context", "usable_cores", "worker_setup"]
 
 # Imported once by the fork server, so that forked workers start warm.
-PRELOAD = ["alexnet.data.feeder_worker", "alexnet.data.prepare_chunk"]
+PRELOAD = ["alexnet.data.feeder_worker", "alexnet.data.prepare_chunk", "torchvision.io",
+           "torchvision.transforms.v2.functional"]
 
 
 def context():
