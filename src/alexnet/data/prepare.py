@@ -157,11 +157,13 @@ def _sigterm_as_interrupt():
 
 def _run(tasks: list[dict], workers: int, handle: Callable[[dict], None]) -> None:
     """Every task, in this process (workers == 1) or in a pool; an interrupt stops the pool at once."""
+    from alexnet.data.procs import context, one_thread, worker_setup
+
     if workers == 1:
-        for t in tasks:
-            handle(process_chunk(t))
+        with one_thread():
+            for t in tasks:
+                handle(process_chunk(t))
         return
-    from alexnet.data.procs import context, worker_setup
 
     pool = context().Pool(workers, initializer=worker_setup)
     try:

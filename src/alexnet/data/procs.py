@@ -11,8 +11,9 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+from contextlib import contextmanager
 
-__all__ = ["context", "usable_cores", "worker_setup"]
+__all__ = ["context", "usable_cores", "worker_setup", "one_thread"]
 
 # Imported once by the fork server, so that forked workers start warm.
 PRELOAD = ["alexnet.data.feeder_worker", "alexnet.data.prepare_chunk", "torchvision.io",
@@ -47,3 +48,17 @@ def worker_setup() -> None:
 
     warnings.filterwarnings("ignore", message=TV_CODEC_DEPRECATION, category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning, module="torchvision")
+
+
+@contextmanager
+def one_thread():
+    """torch on one thread for a while: per-image work done in this process (``workers=1``) gains
+    nothing from intra-op threads, and their spinning costs 10x on a busy machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
