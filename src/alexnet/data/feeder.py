@@ -289,10 +289,14 @@ class EpochBatches:
 
 
 def _shutdown(pool, ring, releasing) -> None:
-    """Stop the workers, wait for copies still reading the ring, free it (also at exit)."""
+    """Stop the workers, wait for copies still reading the ring, free it (also at exit, when CUDA
+    may already be shutting down: then there is nothing left to wait for)."""
     pool.close()
-    for ev, _ in releasing:
-        if ev is not None:
-            ev.synchronize()
-    releasing.clear()
-    ring.close()
+    try:
+        for ev, _ in releasing:
+            if ev is not None:
+                ev.synchronize()
+        releasing.clear()
+        ring.close()
+    except RuntimeError:
+        pass
