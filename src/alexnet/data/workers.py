@@ -9,8 +9,8 @@ closes or the training process disappears, so none outlives a killed training pr
 from __future__ import annotations
 
 import os
+import selectors
 import time
-from multiprocessing.connection import wait
 
 import torch
 
@@ -58,6 +58,10 @@ class WorkerPool:
         except BaseException:
             self.close()
             raise
+        self._selector = selectors.DefaultSelector()  # registered once: waiting costs no set-up per batch
+        for w, (conn, p) in enumerate(zip(self.conns, self.procs)):
+            self._selector.register(conn, selectors.EVENT_READ, (w, True))
+            self._selector.register(p.sentinel, selectors.EVENT_READ, (w, False))
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs]
@@ -88,12 +92,12 @@ class WorkerPool:
     def replies(self, timeout: float) -> list[tuple]:
         """Replies that have arrived, waiting up to ``timeout`` s for the first one; raises on an error
         while starting and on a worker's death."""
-        sentinels = {p.sentinel: w for w, p in enumerate(self.procs)}
-        ready = wait(self.conns + list(sentinels), timeout)
+        events = [key.data for key, _ in self._selector.select(timeout)]
         out = []
-        for w, conn in enumerate(self.conns):
-            if conn not in ready:
-                continue
+        for w, is_pipe in sorted(events, key=lambda e: not e[1]):  # replies first, then deaths
+            if not is_pipe:
+                raise self._died(w)
+            conn = self.conns[w]
             try:
                 while conn.poll():
                     reply = conn.recv()
@@ -105,9 +109,6 @@ class WorkerPool:
                         out.append(reply)
             except (EOFError, OSError):
                 raise self._died(w) from None
-        for s, w in sentinels.items():
-            if s in ready:
-                raise self._died(w)
         return out
 
     def close(self) -> None:
@@ -127,6 +128,8 @@ class WorkerPool:
             if p.is_alive():
                 p.kill()
                 p.join()
+        if hasattr(self, "_selector"):
+            self._selector.close()
         for c in self.conns:
             c.close()
         self.conns, self.procs = [], []
