@@ -65,6 +65,16 @@ def test_exif_orientation_applied(tmp_path, fmt, mode):
                                    atol=40 if tol else 0)
 
 
+def test_read_photo_names_a_bad_file(tmp_path):
+    from alexnet.data.decode import read_photo
+
+    (tmp_path / "x.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(100))
+    with pytest.raises(DataError) as e:
+        read_photo(tmp_path / "x.jpg", 16)
+    assert e.value.path == str(tmp_path / "x.jpg") and "not an image" in str(e.value) and "\n" not in str(e.value)
+    assert read_photo(write_image(tmp_path / "ok.png", random_image(np.random.default_rng(0), 20, 30)), 16).shape == (16, 16, 3)
+
+
 def test_prepare_stores_photos_upright(tmp_path):
     u = _upright()
     for tag in range(1, 9):

@@ -21,7 +21,7 @@ import torch
 
 from alexnet.errors import DataError
 
-__all__ = ["BadImage", "decode_bytes", "decode_image_file", "resize_center_crop", "load_image",
+__all__ = ["BadImage", "decode_bytes", "decode_image_file", "resize_center_crop", "load_image", "read_photo",
            "encode_store_jpeg", "decode_store_jpeg", "TV_CODEC_DEPRECATION"]
 
 # torchvision 0.29 announces the removal of its image codecs (present up to 0.29, which is what
@@ -178,6 +178,15 @@ def load_image(path, size: int) -> np.ndarray:
     Raises :class:`BadImage` with the problem (``predict`` and ``prepare`` add the file name)."""
     img = resize_center_crop(decode_image_file(path), size)
     return np.ascontiguousarray(img.permute(1, 2, 0).numpy())
+
+
+def read_photo(path, size: int) -> np.ndarray:
+    """:func:`load_image` for one photo a user names (``predict``): a bad file is a one-line
+    DataError naming it."""
+    try:
+        return load_image(path, size)
+    except BadImage as e:
+        raise DataError(path, str(e)) from None
 
 
 # ---------------------------------------------------------------------------- the store's JPEGs
