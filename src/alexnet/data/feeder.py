@@ -146,6 +146,7 @@ class Feeder:
         self._gen += 1
         self._free.extend(self._ready.values())  # left by an epoch that was not finished
         self._ready.clear()
+        self._failed: dict[int, DataError] = {}
         order = torch.cat(shards).numpy() if shards else np.zeros(0, np.int64)
         rows = self.split.stored_rows(order)
         labels = self._labels[order]
@@ -181,9 +182,9 @@ class Feeder:
             self._busy[w] -= 1
             if gen != self._gen:
                 self._free.append(slot)  # a batch of an abandoned epoch
-            elif kind == "error":
+            elif kind == "error":  # raised when the batch is due, not before
                 self._free.append(slot)
-                raise DataError(*problem)
+                self._failed[b] = DataError(*problem)
             else:
                 self._ready[b] = slot
 
@@ -194,6 +195,8 @@ class Feeder:
             self._dispatch()
             if b in self._ready:
                 return self._ready.pop(b)
+            if b in self._failed:
+                raise self._failed.pop(b)
             if not self._free and self._releasing and not any(self._busy):
                 self._releasing[0][0].synchronize()  # every slot waits for a copy to the device
                 continue
@@ -241,14 +244,26 @@ class Feeder:
         return x, torch.empty(0, dtype=torch.int64, device=self.device), None
 
     def _produce(self, shards: list[torch.Tensor]):
-        """(images, labels, event) for each batch, ``prefetch`` batches delivered ahead."""
+        """(images, labels, event) for each batch. Batch k is waited for; the next ``prefetch`` are
+        sent to the device as soon as they are filled, without waiting for them."""
         self._begin(shards)
         pending: deque = deque()
         nxt = 0
+
+        def deliver(b: int, slot: int | None):
+            n = len(shards[b])
+            return self._deliver(b, slot, n) if n else self._empty()
+
         for k in range(len(shards)):
-            while nxt < len(shards) and nxt <= k + self.prefetch:
-                n = len(shards[nxt])
-                pending.append(self._deliver(nxt, self._wait(nxt), n) if n else self._empty())
+            if nxt == k:
+                pending.append(deliver(k, self._wait(k) if len(shards[k]) else None))
+                nxt += 1
+            self._reclaim()
+            self._dispatch()
+            self._collect(0.0)
+            self._dispatch()
+            while nxt < len(shards) and nxt <= k + self.prefetch and (not len(shards[nxt]) or nxt in self._ready):
+                pending.append(deliver(nxt, self._ready.pop(nxt, None)))
                 nxt += 1
             yield pending.popleft()
 
