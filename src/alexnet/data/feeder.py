@@ -99,16 +99,16 @@ class Feeder:
         self._ready: dict[int, int] = {}  # batch -> slot, filled for this generation
         self._todo: deque = deque()  # (batch, rows, labels) not yet sent to a worker
         self._busy = [0] * self.workers
-        self._pool = WorkerPool(self.workers, self._ring, source)
         self._cuda = self.device.type == "cuda"
         self._stream = torch.cuda.Stream(self.device) if self._cuda else None
         self._staging: deque = deque()
-        if self._cuda and not self._ring.register_cuda():
+        if self._cuda and not self._ring.register_cuda() and self.decode == "cpu":
             # The driver refused to page-lock shared memory: copy each slot into pinned staging
             # buffers first (one memcpy more per batch, in this process).
             self._staging.extend(
                 [None, torch.empty((local_batch, self.split.size, self.split.size, 3), dtype=torch.uint8,
                                    pin_memory=True)] for _ in range(self.prefetch + 2))
+        self._pool = WorkerPool(self.workers, self._ring, source)  # last: nothing after it can fail
 
     # -- the public side
     def __len__(self) -> int:
