@@ -215,3 +215,35 @@ def test_ctrl_c_stops_within_seconds_and_resumes(tmp_path):
     clean = prepare(src, tmp_path / "clean", size=64, workers=2, chunk_size=8, progress=False)
     for name in STORE_FILES:
         assert (out / name).read_bytes() == (clean / name).read_bytes(), name
+
+
+def test_concatenation_resumes_and_frees_the_chunks(tmp_path, monkeypatch):
+    """The JPEG chunks are joined into one file group by group, deleted as they go in; a run stopped
+    in the middle goes on from the last group on disk."""
+    import shutil
+
+    import alexnet.data.prepare_state as S
+
+    rng = np.random.default_rng(0)
+    blobs = []
+    for k in range(7):
+        blobs.append(tmp_path / f"blob-{k}.jpg")
+        blobs[-1].write_bytes(rng.integers(0, 256, 100 + 37 * k, dtype=np.uint8).tobytes())
+    whole = b"".join(b.read_bytes() for b in blobs)
+    sizes = [b.stat().st_size for b in blobs]
+    copy, calls = shutil.copyfileobj, []
+
+    def copy_then_stop(src, dst, length):
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        copy(src, dst, length)
+
+    monkeypatch.setattr(S.shutil, "copyfileobj", copy_then_stop)
+    target, marker = tmp_path / "all.partial", tmp_path / "marker.json"
+    with pytest.raises(KeyboardInterrupt):
+        S.concatenate_blobs(blobs, sizes, target, marker, every=2)
+    assert [b.exists() for b in blobs] == [False] * 4 + [True] * 3  # two groups in, and gone
+    monkeypatch.setattr(S.shutil, "copyfileobj", copy)
+    S.concatenate_blobs(blobs, sizes, target, marker, every=2)
+    assert target.read_bytes() == whole and not any(b.exists() for b in blobs)

@@ -92,17 +92,15 @@ def _prepare_base(photos, out: Path, size: int, seed: int) -> tuple[Path, Path, 
 
 
 def _finish_split(out: Path, name: str, results: list[dict], classes: int) -> int:
-    from alexnet.data.prepare_state import save_npy
+    from alexnet.data.prepare_state import concatenate_blobs, save_npy
 
     results.sort(key=lambda r: r["chunk"])
     sizes = np.concatenate([r["sizes"] for r in results])
     offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
     np.cumsum(sizes, out=offsets[1:])
     tmp = out / f"{name}.jpeg.partial"
-    with open(tmp, "wb") as f:
-        for r in results:
-            with open(out / F.PARTIAL / name / f"blob-{r['chunk']:07d}.jpg", "rb") as b:
-                shutil.copyfileobj(b, f, 1 << 24)
+    concatenate_blobs([out / F.PARTIAL / name / f"blob-{r['chunk']:07d}.jpg" for r in results],
+                      [int(r["sizes"].sum()) for r in results], tmp, None)
     save_npy(out / F.offsets_file(name), offsets)
     save_npy(out / F.labels_file(name), np.arange(len(sizes), dtype=np.int64) % classes)
     tmp.replace(out / F.images_file(name, "jpeg"))
