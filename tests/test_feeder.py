@@ -91,6 +91,19 @@ def test_workers_equal_in_process(stores, enc):
         assert_same(batches(BatchLoader(split, 8, epoch=1, workers=2, **kw)), want)
 
 
+def test_without_workers_one_interface(stores):
+    """On the CPU a Feeder has no processes: each epoch is the in-process loader, same batches."""
+    split = split_of(stores, "jpeg")
+    kw = dict(shuffle=True, seed=3, drop_last=True)
+    with Feeder(split, 8, device="cpu", **kw) as feeder:
+        assert feeder.workers == 0 and feeder.pids() == []
+        batches_ = feeder.epoch(1, start_batch=2)
+        assert (len(batches_), batches_.batches_per_epoch, batches_.start_batch) == (5, 7, 2)
+        assert_same(batches(batches_), batches(BatchLoader(split, 8, epoch=1, start_batch=2, workers=0, **kw)))
+    with pytest.raises(RuntimeError, match="closed"):
+        feeder.epoch(0)
+
+
 def test_jpeg_pixels_close_to_raw(stores):
     raw, jpg = split_of(stores, "raw"), split_of(stores, "jpeg")
     with Feeder(jpg, 16, workers=1) as feeder:

@@ -46,8 +46,10 @@ class Feeder:
     """A persistent pool of loader workers for one split; ``epoch(e, start_batch)`` iterates one epoch.
 
     ``batch_size`` is the global batch (all ranks together); each rank reads only its shard.
-    ``workers``: processes (None: :func:`default_workers`). ``prefetch``: batches copied to the
-    device ahead of use. ``decode``: where a JPEG store is decoded, ``"cpu"`` or ``"cuda"``.
+    ``workers``: processes (None: :func:`default_workers`, which is 0 on the CPU; 0: no processes,
+    each epoch is an in-process :class:`~alexnet.data.loader.BatchLoader`, so one code path serves
+    CPU and GPU runs). ``prefetch``: batches copied to the device ahead of use. ``decode``: where a
+    JPEG store is decoded, ``"cpu"`` or ``"cuda"``.
     """
 
     def __init__(self, split, batch_size: int, *, shuffle: bool = False, seed: int = 0, drop_last: bool = False,
@@ -66,14 +68,18 @@ class Feeder:
         self.decode, self.prefetch = decode, max(1, int(prefetch))
         self.n = len(split)
         self.batches_per_epoch = num_batches(self.n, self.batch_size, self.drop_last)
+        if type(split).__name__ != "PreparedSplit":
+            workers = 0  # any object with read(indices, out): read in this process
         self.workers = default_workers(self.device, split.encoding, decode) if workers is None else int(workers)
-        if self.workers < 1:
-            raise ValueError(f"a Feeder needs at least one worker, got {self.workers}")
+        if self.workers < 0 or (decode == "cuda" and self.workers == 0):
+            raise ValueError(f"workers must be at least {1 if decode == 'cuda' else 0}, got {self.workers}")
         self._labels = split.labels.numpy()
         self._gen = 0
         self._broken: DataError | None = None
-        local = -(-self.batch_size // self.world_size)
-        self._start(local)
+        if self.workers == 0:  # the in-process loader, one BatchLoader per epoch
+            self._finalizer = weakref.finalize(self, _nothing)
+            return
+        self._start(-(-self.batch_size // self.world_size))
         self._finalizer = weakref.finalize(self, _shutdown, self._pool, self._ring, self._releasing)
 
     # -- set-up
@@ -114,9 +120,19 @@ class Feeder:
     def __len__(self) -> int:
         return self.batches_per_epoch
 
-    def epoch(self, epoch: int, start_batch: int = 0) -> "EpochBatches":
+    def epoch(self, epoch: int, start_batch: int = 0):
+        """The batches of epoch ``epoch`` from global batch ``start_batch``: an iterable with ``len()``,
+        ``batches_per_epoch`` and ``start_batch``."""
         if not 0 <= start_batch <= self.batches_per_epoch:
             raise ValueError(f"start_batch {start_batch} is outside 0..{self.batches_per_epoch}")
+        if self.closed:
+            raise RuntimeError("this Feeder is closed")
+        if self.workers == 0:
+            from alexnet.data.loader import BatchLoader
+
+            return BatchLoader(self.split, self.batch_size, shuffle=self.shuffle, seed=self.seed, epoch=epoch,
+                               start_batch=start_batch, drop_last=self.drop_last, device=self.device, rank=self.rank,
+                               world_size=self.world_size, prefetch=self.prefetch, workers=0)
         return EpochBatches(self, int(epoch), int(start_batch))
 
     def close(self) -> None:
@@ -134,7 +150,7 @@ class Feeder:
         return not self._finalizer.alive
 
     def pids(self) -> list[int]:
-        return self._pool.pids()
+        return self._pool.pids() if self.workers else []
 
     # -- scheduling (only the iterating thread calls these)
     def _begin(self, shards: list[torch.Tensor]) -> None:
@@ -301,6 +317,10 @@ class EpochBatches:
                 yield x, y
         finally:
             items.close()
+
+
+def _nothing() -> None:
+    pass
 
 
 def _shutdown(pool, ring, releasing) -> None:
