@@ -232,9 +232,9 @@ def prepare(
     skip_bad: bool = False,
     progress: bool = True,
     encoding: str = "auto",
-    quality: int = F.DEFAULT_QUALITY,
     chunk_size: int = 256,
     on_chunk: Callable[[str, int], None] | None = None,
+    quality: int = F.DEFAULT_QUALITY,
 ) -> Path:
     """Prepare ``src`` (an image-folder tree or ImageNet layout) into ``out``; returns ``out``.
 
