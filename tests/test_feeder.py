@@ -104,6 +104,23 @@ def test_without_workers_one_interface(stores):
         feeder.epoch(0)
 
 
+@pytest.mark.parametrize("decode,share", [("cuda", 1.0), ("mixed", 0.4)])
+def test_decoding_in_the_training_process(stores, decode, share):
+    """Batches whose JPEG bytes the workers only fetch, decoded by the training process (on a CPU
+    device: on the CPU, so the pixels are exactly the workers')."""
+    split = split_of(stores, "jpeg")
+    kw = dict(shuffle=True, seed=6, drop_last=False)
+    with Feeder(split, 8, workers=2, decode=decode, gpu_share=share, **kw) as feeder:
+        assert [feeder._on_device(b) for b in range(5)] == ([True] * 5 if decode == "cuda" else
+                                                           [False, False, True, False, True])
+        for epoch in (0, 1):
+            want = batches(BatchLoader(split, 8, epoch=epoch, workers=0, **kw))
+            assert_same(batches(feeder.epoch(epoch)), want)
+        assert_same(batches(feeder.epoch(1, start_batch=5)), want[5:])
+    with pytest.raises(ValueError, match="JPEG store"):
+        Feeder(split_of(stores, "raw"), 8, workers=1, decode=decode)
+
+
 def test_jpeg_pixels_close_to_raw(stores):
     raw, jpg = split_of(stores, "raw"), split_of(stores, "jpeg")
     with Feeder(jpg, 16, workers=1) as feeder:
@@ -226,6 +243,10 @@ def test_corrupt_jpeg_is_one_line_error(stores, tmp_path):
     assert len(good) == 5
     feeder.close()
     assert gone(pids)
+    with Feeder(split, 8, workers=1, decode="cuda") as feeder:  # decoded by the training process
+        with pytest.raises(DataError) as e:
+            batches(feeder.epoch(0))
+        assert e.value.path == str(path) and "image 17 cannot be decoded" in str(e.value)
 
 
 def test_killed_worker_is_reported(stores):
@@ -289,7 +310,7 @@ def test_default_workers(monkeypatch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("enc,decode", [("raw", "cpu"), ("jpeg", "cpu"), ("jpeg", "cuda")])
+@pytest.mark.parametrize("enc,decode", [("raw", "cpu"), ("jpeg", "cpu"), ("jpeg", "cuda"), ("jpeg", "mixed")])
 def test_cuda(stores, enc, decode):
     split = split_of(stores, enc)
     kw = dict(shuffle=True, seed=4, drop_last=False)

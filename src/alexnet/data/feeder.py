@@ -13,9 +13,12 @@ a free slot of the ring (:mod:`alexnet.data.ring`); the training process, which 
 side stream, ``prefetch`` batches ahead, and gives the slot back once that copy has finished.
 The consumer's stream waits on the copy's event (and ``record_stream`` keeps the memory alive).
 
-``decode="cuda"`` (JPEG stores): the workers only fetch the JPEG bytes; a thread of the training
-process decodes each batch with ``torchvision.io.decode_jpeg(list, device="cuda")`` on a side
-stream. ``decode="cpu"``: the workers decode with libjpeg-turbo. Raw stores are copied.
+``decode="cpu"`` (the default): the workers decode JPEGs with libjpeg-turbo; raw stores are
+copied. ``decode="cuda"``: the workers only fetch the JPEG bytes; a thread of the training process
+decodes each batch with ``torchvision.io.decode_jpeg(list, device=...)`` on a side stream.
+``decode="mixed"``: a fraction ``gpu_share`` of the batches (spread evenly) is decoded that way,
+the rest by the workers, so that the GPU takes only the decoding the cores cannot. (On a CPU
+device, for tests, the training process decodes those batches on the CPU.)
 
 Order, sharding and resuming are those of :mod:`alexnet.data.order`. An error in a worker (a
 JPEG that does not decode) is raised here as a one-line DataError naming the store file and the
@@ -38,7 +41,7 @@ from alexnet.errors import DataError
 
 __all__ = ["Feeder", "DECODES", "default_workers"]
 
-DECODES = ("cpu", "cuda")
+DECODES = ("cpu", "cuda", "mixed")
 DEPTH = 2  # batches queued per worker, so that none waits for the training process
 
 
@@ -49,19 +52,23 @@ class Feeder:
     ``workers``: processes (None: :func:`default_workers`, which is 0 on the CPU; 0: no processes,
     each epoch is an in-process :class:`~alexnet.data.loader.BatchLoader`, so one code path serves
     CPU and GPU runs). ``prefetch``: batches copied to the device ahead of use. ``decode``: where a
-    JPEG store is decoded, ``"cpu"`` or ``"cuda"``.
+    JPEG store is decoded: ``"cpu"``, ``"cuda"`` or ``"mixed"`` (``gpu_share`` of the batches on the
+    device).
     """
 
     def __init__(self, split, batch_size: int, *, shuffle: bool = False, seed: int = 0, drop_last: bool = False,
                  device="cpu", rank: int = 0, world_size: int = 1, workers: int | None = None, prefetch: int = 2,
-                 decode: str = "cpu"):
+                 decode: str = "cpu", gpu_share: float = 0.25):
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
         if decode not in DECODES:
             raise ValueError(f"unknown decode {decode!r}: {', '.join(DECODES)}")
         self.device = torch.device(device)
-        if decode == "cuda" and (split.encoding != "jpeg" or self.device.type != "cuda"):
-            raise ValueError("decode='cuda' needs a JPEG store and a CUDA device")
+        if decode != "cpu" and split.encoding != "jpeg":
+            raise ValueError(f"decode={decode!r} needs a JPEG store")
+        if not 0.0 <= gpu_share <= 1.0:
+            raise ValueError(f"gpu_share must be in [0, 1], got {gpu_share}")
+        self.gpu_share = {"cpu": 0.0, "cuda": 1.0}.get(decode, float(gpu_share))
         self.split, self.batch_size = split, int(batch_size)
         self.shuffle, self.seed, self.drop_last = bool(shuffle), int(seed), bool(drop_last)
         self.rank, self.world_size = int(rank), int(world_size)
@@ -71,8 +78,8 @@ class Feeder:
         if type(split).__name__ != "PreparedSplit":
             workers = 0  # any object with read(indices, out): read in this process
         self.workers = default_workers(self.device, split.encoding, decode) if workers is None else int(workers)
-        if self.workers < 0 or (decode == "cuda" and self.workers == 0):
-            raise ValueError(f"workers must be at least {1 if decode == 'cuda' else 0}, got {self.workers}")
+        if self.workers < 0 or (decode != "cpu" and self.workers == 0):
+            raise ValueError(f"workers must be at least {1 if decode != 'cpu' else 0}, got {self.workers}")
         self._labels = split.labels.numpy()
         self._gen = 0
         self._broken: DataError | None = None
@@ -90,25 +97,24 @@ class Feeder:
         source = {"kind": "raw", "path": str(self.split.path), "size": self.split.size}
         if self.split.encoding == "raw":
             return source, 0
-        source.update(kind="jpeg-bytes" if self.decode == "cuda" else "jpeg",
-                      offsets=str(self.split.data.path / F.offsets_file(self.split.name)))
+        source.update(kind="jpeg", offsets=str(self.split.data.path / F.offsets_file(self.split.name)))
         off = self.split.offsets()
         return source, int(np.diff(off).max()) if len(off) > 1 else 0
 
     def _start(self, local_batch: int) -> None:
         source, longest = self._source()
-        layout = SlotLayout(max(1, local_batch), self.split.size, pixels=self.decode == "cpu",
-                            blob=max(1, local_batch) * longest if self.decode == "cuda" else 0)
+        layout = SlotLayout(max(1, local_batch), self.split.size, pixels=self.gpu_share < 1.0,
+                            blob=max(1, local_batch) * longest if self.gpu_share > 0.0 else 0)
         self._ring = Ring(self.workers * DEPTH + self.prefetch + 2, layout)
         self._free = deque(range(self._ring.slots))
         self._releasing: deque = deque()  # (event or None, slot): given back once the copy is done
         self._ready: dict[int, int] = {}  # batch -> slot, filled for this generation
-        self._todo: deque = deque()  # (batch, rows, labels) not yet sent to a worker
+        self._todo: deque = deque()  # (batch, rows, labels, decoded on the device) not yet sent to a worker
         self._busy = [0] * self.workers
         self._cuda = self.device.type == "cuda"
         self._stream = torch.cuda.Stream(self.device) if self._cuda else None
         self._staging: deque = deque()
-        if self._cuda and not self._ring.register_cuda() and self.decode == "cpu":
+        if self._cuda and not self._ring.register_cuda() and self.gpu_share < 1.0:
             # The driver refused to page-lock shared memory: copy each slot into pinned staging
             # buffers first (one memcpy more per batch, in this process).
             self._staging.extend(
@@ -172,8 +178,13 @@ class Feeder:
         for b, s in enumerate(shards):
             self._rows_of.append(rows[at : at + len(s)])
             if len(s):
-                self._todo.append((b, rows[at : at + len(s)], labels[at : at + len(s)]))
+                self._todo.append((b, rows[at : at + len(s)], labels[at : at + len(s)], self._on_device(b)))
             at += len(s)
+
+    def _on_device(self, b: int) -> bool:
+        """Whether batch ``b`` (of this epoch's list) is decoded by the training process: every
+        batch where the running count of ``gpu_share * (b + 1)`` steps up."""
+        return int((b + 1) * self.gpu_share) > int(b * self.gpu_share)
 
     def _reclaim(self) -> None:
         while self._releasing and (self._releasing[0][0] is None or self._releasing[0][0].query()):
@@ -184,8 +195,8 @@ class Feeder:
             w = min(range(self.workers), key=self._busy.__getitem__)
             if self._busy[w] >= DEPTH:
                 return
-            b, rows, labels = self._todo.popleft()
-            self._pool.send(w, (self._gen, b, self._free.popleft(), rows, labels))
+            b, rows, labels, on_device = self._todo.popleft()
+            self._pool.send(w, (self._gen, b, self._free.popleft(), rows, labels, on_device))
             self._busy[w] += 1
 
     def _collect(self, timeout: float) -> None:
@@ -220,7 +231,7 @@ class Feeder:
 
     def _deliver(self, b: int, slot: int, n: int):
         """(images (n,3,S,S), labels, event) on the device, from the filled slot of batch ``b``."""
-        if self.decode == "cuda":
+        if self._on_device(b):
             from alexnet.data.gpu_decode import decode_slot
 
             return decode_slot(self, slot, n, self._rows_of[b])
@@ -303,7 +314,7 @@ class EpochBatches:
     def __iter__(self):
         f = self.feeder
         items = f._produce(self.shards())
-        if f.decode == "cuda":
+        if f.gpu_share > 0.0:
             from alexnet.data.gpu_decode import in_thread
 
             items = in_thread(items, f.prefetch, f.device)

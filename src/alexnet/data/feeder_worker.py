@@ -1,14 +1,14 @@
 """A loader worker process: reads the images of one batch straight into a slot of the shared ring.
 
-It receives ``(generation, batch, slot, rows, labels)`` on its pipe and answers ``("done", ...)``
+It receives ``(generation, batch, slot, rows, labels, bytes_only)`` on its pipe and answers ``("done", ...)``
 or ``("error", ..., path, problem)``; ``None`` stops it, and so does the end of the pipe or of the
 training process (it checks every second). Ctrl-C is left to the training process.
 
 Sources (a dict, see :func:`reader`):
 
 * ``raw``: one ``preadv`` per image from the raw array into the slot, in file order;
-* ``jpeg``: read each JPEG and decode it with torchvision (libjpeg-turbo) into the slot;
-* ``jpeg-bytes``: copy the JPEG bytes into the slot's blob, for decoding on the GPU.
+* ``jpeg``: read each JPEG and decode it with torchvision (libjpeg-turbo) into the slot, or, for
+  a batch the training process decodes (on the GPU), only copy the bytes into the slot's blob.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class RawReader:
         if hasattr(os, "posix_fadvise"):
             os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_RANDOM)  # no read-ahead for random rows
 
-    def fill(self, ring: Ring, slot: int, rows: np.ndarray) -> None:
+    def fill(self, ring: Ring, slot: int, rows: np.ndarray, bytes_only: bool = False) -> None:
         dst = ring.images(slot, len(rows)).view(len(rows), self.row).numpy()
         for j in np.argsort(rows, kind="stable").tolist():  # ascending file offsets
             _pread_into(self.fd, memoryview(dst[j]), int(rows[j]) * self.row, self.path, int(rows[j]))
@@ -55,12 +55,11 @@ class JpegReader:
         self.offsets = np.load(source["offsets"], allow_pickle=False)
         self.fd = os.open(self.path, os.O_RDONLY)
         self.buf = bytearray(int(np.diff(self.offsets).max()) if len(self.offsets) > 1 else 1)
-        self.to_gpu = source["kind"] == "jpeg-bytes"
 
-    def fill(self, ring: Ring, slot: int, rows: np.ndarray) -> None:
+    def fill(self, ring: Ring, slot: int, rows: np.ndarray, bytes_only: bool = False) -> None:
         starts, ends = self.offsets[rows], self.offsets[rows + 1]
         order = np.argsort(starts, kind="stable").tolist()
-        if self.to_gpu:
+        if bytes_only:
             lengths = ends - starts
             ring.lengths(slot, len(rows)).numpy()[:] = lengths
             at = np.concatenate([[0], np.cumsum(lengths)[:-1]])
@@ -120,9 +119,9 @@ def main(wid: int, conn, handle: RingHandle, source: dict, parent: int) -> None:
             return
         if task is None:
             return
-        gen, b, slot, rows, labels = task
+        gen, b, slot, rows, labels, bytes_only = task
         try:
-            read.fill(ring, slot, rows)
+            read.fill(ring, slot, rows, bytes_only)
             ring.labels(slot, len(labels)).numpy()[:] = labels
             reply = ("done", wid, gen, b, slot)
         except Exception as e:

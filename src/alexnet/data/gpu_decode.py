@@ -1,4 +1,4 @@
-"""Decoding a batch of the store's JPEGs on the GPU (``Feeder(decode="cuda")``).
+"""Decoding a batch of the store's JPEGs on the GPU (``Feeder(decode="cuda" or "mixed")``).
 
 The workers have put the batch's JPEG bytes in a slot; here ``torchvision.io.decode_jpeg`` takes
 them as one list (nvJPEG, batched) on the Feeder's side stream. It runs in a thread of the
@@ -9,6 +9,7 @@ tensors and to launch the decode.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import warnings
@@ -35,7 +36,7 @@ def _bad_image(parts: list[torch.Tensor], rows, size: int, path) -> DataError:
 
 def decode_slot(feeder, slot: int, n: int, rows):
     """(images (n,3,S,S) channels_last, labels, event) on the feeder's device from a slot of JPEG
-    bytes; the slot is given back once the event has passed."""
+    bytes; the slot is given back once the event has passed (at once on a CPU device)."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     from alexnet.data.decode import TV_CODEC_DEPRECATION
@@ -43,12 +44,13 @@ def decode_slot(feeder, slot: int, n: int, rows):
     ring, S = feeder._ring, feeder.split.size
     lengths = ring.lengths(slot, n)
     parts = list(ring.blob(slot)[: int(lengths.sum())].split(lengths.tolist()))
-    with torch.cuda.stream(feeder._stream):
+    cuda = feeder.device.type == "cuda"
+    with torch.cuda.stream(feeder._stream) if cuda else contextlib.nullcontext():
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=TV_CODEC_DEPRECATION, category=DeprecationWarning)
                 images = decode_jpeg(parts, mode=ImageReadMode.RGB, device=feeder.device)
-        except RuntimeError:
+        except Exception:
             feeder._free.append(slot)
             raise _bad_image(parts, rows, S, feeder.split.path) from None
         for im, row in zip(images, rows):
@@ -57,9 +59,13 @@ def decode_slot(feeder, slot: int, n: int, rows):
                 raise DataError(feeder.split.path, f"image {int(row)} is {tuple(im.shape)}, expected (3, {S}, {S}); "
                                                    "prepare the data again")
         x = torch.stack([im.permute(1, 2, 0) for im in images])  # (n,S,S,3): channels_last storage
-        y = ring.labels(slot, n).to(feeder.device, non_blocking=True)
-        ev = torch.cuda.Event()
-        ev.record(feeder._stream)
+        ev = None
+        if cuda:
+            y = ring.labels(slot, n).to(feeder.device, non_blocking=True)
+            ev = torch.cuda.Event()
+            ev.record(feeder._stream)
+        else:
+            y = ring.labels(slot, n).clone()
     feeder._releasing.append((ev, slot))
     return x.permute(0, 3, 1, 2), y, ev
 
@@ -87,10 +93,13 @@ def in_thread(items, depth: int, device: torch.device):
     stops the thread."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    index = None
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
 
     def run() -> None:
-        torch.cuda.set_device(index)
+        if index is not None:
+            torch.cuda.set_device(index)
         try:
             for item in items:
                 if not _put(q, item, stop):

@@ -20,7 +20,8 @@ import torch
 __all__ = ["measure", "jpeg_table", "sample_images"]
 
 
-def _loader_rate(split, batch: int, workers: int, decode: str, device, seconds: float, step=None) -> dict:
+def _loader_rate(split, batch: int, workers: int, decode: str, device, seconds: float, step=None,
+                 gpu_share: float = 0.25) -> dict:
     """Images/s over whole epochs (after one warm-up batch) for one setting."""
     from alexnet.data.feeder import Feeder
     from alexnet.data.loader import BatchLoader
@@ -28,7 +29,7 @@ def _loader_rate(split, batch: int, workers: int, decode: str, device, seconds: 
     t0 = time.perf_counter()
     cuda = torch.device(device).type == "cuda"
     feeder = Feeder(split, batch, shuffle=True, seed=0, drop_last=True, device=device, workers=workers,
-                    decode=decode) if workers else None
+                    decode=decode, gpu_share=gpu_share) if workers else None
     try:
         def epoch(e):
             if feeder is not None:
@@ -59,12 +60,13 @@ def _loader_rate(split, batch: int, workers: int, decode: str, device, seconds: 
     return {"images_per_s": images / elapsed, "startup_s": startup, "images": images}
 
 
-def measure(path, batch: int = 256, workers_list=(0, 2, 4, 8, 14), decode_modes=("cpu", "cuda"), seconds: float = 10.0,
-            device: str | None = None, split: str = "train", step=None) -> list[dict]:
+def measure(path, batch: int = 256, workers_list=(0, 2, 4, 8, 14), decode_modes=("cpu", "cuda", "mixed"),
+            seconds: float = 10.0, device: str | None = None, split: str = "train", step=None,
+            gpu_shares=(0.1, 0.25)) -> list[dict]:
     """Print (and return) loader-alone images/s of the store at ``path`` for each number of workers
-    and each decoding (``"cuda"`` only for a JPEG store on a GPU; 0 workers = in-process threads).
-    ``step(images, labels)``, optional, runs on every batch (e.g. a training step, to measure
-    the loader beside it)."""
+    and each decoding (``"cuda"`` and ``"mixed"``, with each of ``gpu_shares``, only for a JPEG
+    store on a GPU; 0 workers = in-process threads). ``step(images, labels)``, optional, runs on
+    every batch (e.g. a training step, to measure the loader beside it)."""
     from alexnet.data.prepared import PreparedData
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -73,20 +75,21 @@ def measure(path, batch: int = 256, workers_list=(0, 2, 4, 8, 14), decode_modes=
     rows = []
     print(f"loader alone: {path} split {split}: {len(sp):,} images {data.size}x{data.size}, {sp.encoding}"
           f"{'' if sp.quality is None else f' q{sp.quality}'}, batch {batch}, device {device}, {seconds:.0f} s each")
-    print(f"{'workers':>7} {'decode':>6} {'images/s':>10} {'MB/s in':>8} {'start s':>7}")
+    print(f"{'workers':>7} {'decode':>10} {'images/s':>10} {'MB/s in':>8} {'start s':>7}")
+    per_image = data.size * data.size * 3 if sp.encoding == "raw" else float(np.diff(sp.offsets()).mean())
     for decode in decode_modes:
-        if decode == "cuda" and (sp.encoding != "jpeg" or torch.device(device).type != "cuda"):
+        if decode != "cpu" and (sp.encoding != "jpeg" or torch.device(device).type != "cuda"):
             continue
-        for w in workers_list:
-            if decode == "cuda" and w == 0:
-                continue
-            r = _loader_rate(sp, batch, w, decode, device, seconds, step)
-            per_image = data.size * data.size * 3 if sp.encoding == "raw" else \
-                float(np.diff(sp.offsets()).mean())
-            r.update(workers=w, decode=decode, encoding=sp.encoding, batch=batch)
-            rows.append(r)
-            print(f"{w:>7} {decode:>6} {r['images_per_s']:>10,.0f} {r['images_per_s'] * per_image / 1e6:>8,.0f} "
-                  f"{r['startup_s']:>7.1f}", flush=True)
+        for share in (gpu_shares if decode == "mixed" else (0.0,)):
+            for w in workers_list:
+                if decode != "cpu" and w == 0:
+                    continue
+                r = _loader_rate(sp, batch, w, decode, device, seconds, step, share)
+                r.update(workers=w, decode=decode, gpu_share=share, encoding=sp.encoding, batch=batch)
+                rows.append(r)
+                name = f"mixed {share:.2f}" if decode == "mixed" else decode
+                print(f"{w:>7} {name:>10} {r['images_per_s']:>10,.0f} {r['images_per_s'] * per_image / 1e6:>8,.0f} "
+                      f"{r['startup_s']:>7.1f}", flush=True)
     return rows
 
 
