@@ -58,7 +58,7 @@ class Feeder:
 
     def __init__(self, split, batch_size: int, *, shuffle: bool = False, seed: int = 0, drop_last: bool = False,
                  device="cpu", rank: int = 0, world_size: int = 1, workers: int | None = None, prefetch: int = 2,
-                 decode: str = "cpu", gpu_share: float = 0.25):
+                 decode: str = "cpu", gpu_share: float = 0.1):
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
         if decode not in DECODES:

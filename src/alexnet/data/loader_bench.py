@@ -21,7 +21,7 @@ __all__ = ["measure", "jpeg_table", "sample_images"]
 
 
 def _loader_rate(split, batch: int, workers: int, decode: str, device, seconds: float, step=None,
-                 gpu_share: float = 0.25) -> dict:
+                 gpu_share: float = 0.1) -> dict:
     """Images/s over whole epochs (after one warm-up batch) for one setting."""
     from alexnet.data.feeder import Feeder
     from alexnet.data.loader import BatchLoader
@@ -62,7 +62,7 @@ def _loader_rate(split, batch: int, workers: int, decode: str, device, seconds: 
 
 def measure(path, batch: int = 256, workers_list=(0, 2, 4, 8, 14), decode_modes=("cpu", "cuda", "mixed"),
             seconds: float = 10.0, device: str | None = None, split: str = "train", step=None,
-            gpu_shares=(0.1, 0.25)) -> list[dict]:
+            gpu_shares=(0.05, 0.1, 0.2)) -> list[dict]:
     """Print (and return) loader-alone images/s of the store at ``path`` for each number of workers
     and each decoding (``"cuda"`` and ``"mixed"``, with each of ``gpu_shares``, only for a JPEG
     store on a GPU; 0 workers = in-process threads). ``step(images, labels)``, optional, runs on
