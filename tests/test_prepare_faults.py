@@ -72,7 +72,8 @@ def test_read_photo_names_a_bad_file(tmp_path):
     with pytest.raises(DataError) as e:
         read_photo(tmp_path / "x.jpg", 16)
     assert e.value.path == str(tmp_path / "x.jpg") and "not an image" in str(e.value) and "\n" not in str(e.value)
-    assert read_photo(write_image(tmp_path / "ok.png", random_image(np.random.default_rng(0), 20, 30)), 16).shape == (16, 16, 3)
+    ok = write_image(tmp_path / "ok.png", random_image(np.random.default_rng(0), 20, 30))
+    assert read_photo(ok, 16).shape == (16, 16, 3)
 
 
 def test_prepare_stores_photos_upright(tmp_path):

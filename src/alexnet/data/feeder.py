@@ -27,7 +27,6 @@ image; a worker that dies is reported the same way.
 
 from __future__ import annotations
 
-import os
 import weakref
 from collections import deque
 
