@@ -1,26 +1,23 @@
-"""Batches of a prepared split, in a deterministic order, read ahead in a background thread.
+"""Batches of a prepared split, in a deterministic order, delivered on the device ahead of use.
 
-Order: epoch ``e`` visits the images in the order
-``torch.randperm(N, generator=torch.Generator().manual_seed(seed * 1_000_003 + e))`` (or
-``0..N-1`` without shuffling). Global batch ``b`` is positions ``b*B .. (b+1)*B - 1`` of that
-order; with ``world_size`` W it is cut into W contiguous shards (sizes differ by at most one)
-and rank r gets shard r. So the position of a sample depends only on (seed, epoch, batch), not
-on W: training resumes at a global batch (``start_batch``) with any number of GPUs.
-
-Evaluation (``shuffle=False, drop_last=False``) with W > 1 counts every image exactly once: the
-last, partial batch is sharded without padding (a rank's shard may be empty). Every rank yields
-the same number of batches, ``len(loader)``.
+Order, sharding, resuming and evaluation without duplicates: :mod:`alexnet.data.order`.
 
 Images come as uint8 ``(b, 3, S, S)`` channels_last (a permute of the stored HWC data), labels
-as int64, both on ``device``. On CUDA the batch is read into pinned memory and copied on a side
-stream ahead of use; the consumer's stream waits for the copy.
+as int64, both on ``device``.
 
-Reading: a raw-encoded prepared split is gathered with one ``torch.index_select`` per part of
-the batch from the memory-mapped file straight into the (pinned) batch buffer, by ``threads``
-threads (``reader="gather"``, the default): the GIL is released for the whole copy, so the
-training loop's thread keeps it. ``reader="pread"`` reads with one ``pread`` per image instead.
-Other splits (JPEG-encoded, or any object with ``read(indices, out)``) go through their own
-``read``; ``reader="split"`` forces that.
+Two ways to read:
+
+* ``workers > 0`` (the default on a GPU): worker processes fill a shared, page-locked ring and
+  each batch goes to the GPU in one asynchronous copy (:class:`alexnet.data.feeder.Feeder`). A
+  ``BatchLoader`` starts its workers for each pass over it and stops them at the end; make one
+  ``Feeder`` per run instead to keep them for every epoch.
+* ``workers=0`` (the default on the CPU, and for any split object with ``read(indices, out)``):
+  in this process, a background thread reading ahead. A raw split is gathered with one
+  ``torch.index_select`` per part of the batch from the memory-mapped file straight into the
+  (pinned) batch buffer by ``threads`` threads (``reader="gather"``, the default; the GIL is
+  released for the copy); ``reader="pread"`` reads with one ``pread`` per image; JPEG splits (or
+  ``reader="split"``) go through the split's own ``read``. On CUDA the batch is copied on a side
+  stream and the consumer's stream waits for the copy.
 """
 
 from __future__ import annotations
@@ -33,35 +30,13 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-__all__ = ["BatchLoader", "num_batches", "epoch_order", "SEED_STRIDE"]
+from alexnet.data.order import SEED_STRIDE, epoch_order, epoch_shards, num_batches, shard_bounds
 
-SEED_STRIDE = 1_000_003
-
-
-def num_batches(n: int, batch_size: int, drop_last: bool) -> int:
-    """Global batches in an epoch of ``n`` images."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    return n // batch_size if drop_last else (n + batch_size - 1) // batch_size
-
-
-def epoch_order(n: int, *, shuffle: bool, seed: int, epoch: int) -> torch.Tensor:
-    """The visiting order of epoch ``epoch``: int64 (n,)."""
-    if not shuffle:
-        return torch.arange(n, dtype=torch.int64)
-    g = torch.Generator().manual_seed(int(seed) * SEED_STRIDE + int(epoch))
-    return torch.randperm(n, generator=g)
-
-
-def shard_bounds(b: int, rank: int, world_size: int) -> tuple[int, int]:
-    """[lo, hi) of rank's contiguous shard of a batch of ``b`` (sizes differ by at most one)."""
-    q, r = divmod(b, world_size)
-    lo = rank * q + min(rank, r)
-    return lo, lo + q + (1 if rank < r else 0)
+__all__ = ["BatchLoader", "num_batches", "epoch_order", "shard_bounds", "SEED_STRIDE"]
 
 
 def default_threads() -> int:
-    """Reader threads: 4, or one per core on smaller machines."""
+    """Reader threads of the in-process loader: 4, or one per core on smaller machines."""
     return min(4, os.cpu_count() or 1)
 
 
@@ -151,6 +126,12 @@ class BatchLoader:
     ``batch_size`` is the global batch (all ranks together). ``start_batch`` skips the first
     global batches of the epoch without reading them. ``len(loader)`` is the number of batches
     this loader yields (``batches_per_epoch - start_batch``).
+
+    ``workers``: loader processes (None: none on the CPU, the spare cores on a GPU, see
+    :func:`alexnet.data.workers.default_workers`; 0: in this process). With workers, each pass
+    over the loader starts and stops them; a :class:`~alexnet.data.feeder.Feeder` keeps them.
+    ``decode``: ``"cpu"`` or ``"cuda"`` (JPEG stores, with workers). ``threads``, ``reader`` and
+    ``pin_memory`` concern the in-process loader.
     """
 
     def __init__(
@@ -170,6 +151,8 @@ class BatchLoader:
         pin_memory: bool | None = None,
         threads: int | None = None,
         reader: str = "auto",
+        workers: int | None = None,
+        decode: str = "cpu",
     ):
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
@@ -191,6 +174,16 @@ class BatchLoader:
         self.n = len(split)
         self.batches_per_epoch = num_batches(self.n, self.batch_size, self.drop_last)
         self._labels = split.labels
+        self.decode = decode
+        if type(split).__name__ != "PreparedSplit":
+            workers = 0  # any object with read(indices, out): read here
+        elif workers is None:
+            from alexnet.data.workers import default_workers
+
+            workers = default_workers(self.device, split.encoding, decode)
+        self.workers = max(0, int(workers))
+        if decode != "cpu" and self.workers == 0:
+            raise ValueError(f"decode={decode!r} needs loader workers (workers >= 1)")
         self.set_epoch(epoch, start_batch)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
@@ -206,13 +199,9 @@ class BatchLoader:
 
     def shards(self) -> list[torch.Tensor]:
         """This rank's indices for each remaining batch (no reading)."""
-        order = self.order()
-        out = []
-        for b in range(self.start_batch, self.batches_per_epoch):
-            glob = order[b * self.batch_size : min((b + 1) * self.batch_size, self.n)]
-            lo, hi = shard_bounds(len(glob), self.rank, self.world_size)
-            out.append(glob[lo:hi])
-        return out
+        return epoch_shards(self.n, self.batch_size, shuffle=self.shuffle, seed=self.seed, epoch=self.epoch,
+                            drop_last=self.drop_last, start_batch=self.start_batch, rank=self.rank,
+                            world_size=self.world_size)
 
     # -- reading
     def _load(self, idx: torch.Tensor, pool: ThreadPoolExecutor | None, raw: "_RawFile | None" = None):
@@ -274,6 +263,9 @@ class BatchLoader:
                 continue
 
     def __iter__(self):
+        if self.workers:
+            yield from self._iter_workers()
+            return
         shards = self.shards()
         if not shards:
             return
@@ -300,3 +292,14 @@ class BatchLoader:
                     q.get_nowait()
                 except queue.Empty:
                     th.join(0.05)
+
+    def _iter_workers(self):
+        from alexnet.data.feeder import Feeder
+
+        feeder = Feeder(self.split, self.batch_size, shuffle=self.shuffle, seed=self.seed, drop_last=self.drop_last,
+                        device=self.device, rank=self.rank, world_size=self.world_size, workers=self.workers,
+                        prefetch=self.prefetch, decode=self.decode)
+        try:
+            yield from feeder.epoch(self.epoch, self.start_batch)
+        finally:
+            feeder.close()

@@ -1,4 +1,4 @@
-"""Read a prepared data folder (see :mod:`alexnet.data.prepare` for the format).
+"""Read a prepared data folder (the store of :mod:`alexnet.data.format`).
 
 >>> data = PreparedData.open("prepared/imagenet")
 >>> train = data.split("train")
@@ -10,26 +10,22 @@
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from alexnet.data import format as F
+from alexnet.data.format import FORMAT
 from alexnet.errors import DataError
-from alexnet.data.prepare import FORMAT, PARTIAL, VERSION
 
 __all__ = ["PreparedData", "PreparedSplit", "is_prepared"]
-
-# torchvision 0.29 announces the removal of its image codecs (present up to 0.29, which is what
-# pyproject allows). Only this one message is silenced.
-_TV_CODEC_DEPRECATION = "The image decoding and encoding capabilities of TorchVision"
 
 
 def is_prepared(path) -> bool:
     """True if ``path`` is a finished prepared folder (it has an alexnet-prepared meta.json)."""
     try:
-        meta = json.loads((Path(path) / "meta.json").read_text())
+        meta = json.loads((Path(path) / F.META).read_text())
     except (OSError, ValueError):
         return False
     return isinstance(meta, dict) and meta.get("format") == FORMAT
@@ -44,8 +40,9 @@ def _as_index_array(indices) -> np.ndarray:
 class PreparedSplit:
     """One split: ``len``, ``labels`` (int64), ``read(indices)`` -> uint8 (B,3,S,S)."""
 
-    def __init__(self, data: "PreparedData", name: str, count: int, encoding: str, index: np.ndarray | None = None):
-        self.data, self.name, self.encoding = data, name, encoding
+    def __init__(self, data: "PreparedData", name: str, count: int, encoding: str, index: np.ndarray | None = None,
+                 quality: int | None = None):
+        self.data, self.name, self.encoding, self.quality = data, name, encoding, quality
         self.size = data.size
         self._count = count  # images stored in the split's files
         self._index = index  # a subset: positions in the stored split
@@ -69,13 +66,13 @@ class PreparedSplit:
 
     @property
     def path(self) -> Path:
-        return self.data.path / (self.name + (".images" if self.encoding == "raw" else ".jpeg"))
+        return self.data.path / F.images_file(self.name, self.encoding)
 
     @property
     def labels(self) -> torch.Tensor:
         """int64 labels, one per image of this (sub)split."""
         if self._labels_all is None:
-            path = self.data.path / f"{self.name}.labels.npy"
+            path = self.data.path / F.labels_file(self.name)
             try:
                 arr = np.load(path, allow_pickle=False)
             except (OSError, ValueError) as e:
@@ -93,7 +90,7 @@ class PreparedSplit:
     @property
     def files(self) -> list[str]:
         """Source file of each image (relative to the prepared source), when recorded."""
-        path = self.data.path / f"{self.name}.files.txt"
+        path = self.data.path / F.files_file(self.name)
         try:
             names = path.read_text().splitlines()
         except OSError:
@@ -109,7 +106,7 @@ class PreparedSplit:
         if len(idx) and (idx.min() < 0 or idx.max() >= len(self)):
             raise IndexError(f"subset indices outside 0..{len(self) - 1}")
         base = idx if self._index is None else self._index[idx]
-        sub = PreparedSplit(self.data, self.name, self._count, self.encoding, base.copy())
+        sub = PreparedSplit(self.data, self.name, self._count, self.encoding, base.copy(), self.quality)
         sub._labels_all = self._labels_all
         return sub
 
@@ -139,7 +136,7 @@ class PreparedSplit:
                     else:
                         self._mm = np.memmap(path, np.uint8, "r", shape=(self._count, S, S, 3))
                 else:
-                    off = np.load(self.data.path / f"{self.name}.offsets.npy", allow_pickle=False)
+                    off = np.load(self.data.path / F.offsets_file(self.name), allow_pickle=False)
                     total = int(off[-1]) if off.ndim == 1 and len(off) else -1
                     if off.shape != (self._count + 1,) or total != path.stat().st_size or np.any(np.diff(off) <= 0):
                         raise DataError(path, "does not match its offsets.npy; prepare the data again")
@@ -149,19 +146,28 @@ class PreparedSplit:
                 raise DataError(path, f"cannot be opened ({e}); prepare the data again") from None
         return self._mm
 
-    def read(self, indices, out: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
-        """Images at ``indices`` as uint8 (B,3,S,S), channels_last in memory (a view of HWC data).
-
-        ``out``: an optional uint8 buffer (B,S,S,3) (numpy or CPU tensor, e.g. pinned) to fill.
-        Reads go in ascending file order whatever the order asked for.
-        """
+    def stored_rows(self, indices) -> np.ndarray:
+        """Positions in the stored files of the images at ``indices`` (negative ones count from the end)."""
         idx = _as_index_array(indices)
         n = len(self)
         if len(idx) and (idx.min() < -n or idx.max() >= n):
             raise IndexError(f"index out of range for {n} images")
         idx = np.where(idx < 0, idx + n, idx)
-        if self._index is not None:
-            idx = self._index[idx]
+        return idx if self._index is None else self._index[idx]
+
+    def offsets(self) -> np.ndarray:
+        """A JPEG split's byte offsets: image i is bytes offsets[i]:offsets[i+1] of ``path``."""
+        self._open()
+        return self._offsets
+
+    def read(self, indices, out: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
+        """Images at ``indices`` as uint8 (B,3,S,S), channels_last in memory (a view of HWC data).
+
+        ``out``: an optional uint8 buffer (B,S,S,3) (numpy or CPU tensor, e.g. pinned) to fill.
+        Reads go in ascending file order whatever the order asked for. A JPEG that cannot be
+        decoded raises a one-line DataError naming the store file and the image.
+        """
+        idx = self.stored_rows(indices)
         S = self.size
         if out is None:
             buf = np.empty((len(idx), S, S, 3), dtype=np.uint8)
@@ -175,20 +181,13 @@ class PreparedSplit:
             for j in order.tolist():
                 buf[j] = mm[idx[j]]
         else:
-            from torchvision.io import decode_jpeg
+            from alexnet.data.decode import decode_store_jpeg
 
             off = self._offsets
-            # catch_warnings is not thread-safe: racing threads can at worst leave this narrow
-            # filter installed, which is harmless.
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=_TV_CODEC_DEPRECATION, category=DeprecationWarning)
-                for j in order.tolist():
-                    i = idx[j]
-                    data = torch.from_numpy(np.array(mm[off[i] : off[i + 1]]))
-                    img = decode_jpeg(data)
-                    if img.shape[0] == 1:
-                        img = img.expand(3, -1, -1)
-                    buf[j] = img.permute(1, 2, 0).numpy()
+            for j in order.tolist():
+                i = int(idx[j])
+                data = torch.from_numpy(np.array(mm[off[i] : off[i + 1]]))
+                buf[j] = decode_store_jpeg(data, S, self.path, i).numpy()
         t = out if isinstance(out, torch.Tensor) else torch.from_numpy(buf)
         return t.permute(0, 3, 1, 2)
 
@@ -225,62 +224,19 @@ class PreparedData:
             raise DataError(path, "does not exist (make it with `alexnet prepare SRC OUT`)")
         if not path.is_dir():
             raise DataError(path, "is a file, expected a prepared data folder")
-        meta_path = path / "meta.json"
-        if not meta_path.exists():
-            if (path / PARTIAL).is_dir():
-                raise DataError(path, "preparation did not finish; run prepare again with the same source and "
-                                      "options to resume it")
-            raise DataError(path, "is not a prepared data folder (no meta.json); make one with `alexnet prepare`")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError) as e:
-            raise DataError(meta_path, f"is corrupt ({e}); prepare the data again") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise DataError(meta_path, f"is not {FORMAT} metadata")
-        if meta.get("version") != VERSION:
-            raise DataError(meta_path, f"is format version {meta.get('version')!r}; this alexnet reads version "
-                                       f"{VERSION}: prepare the data again")
-        try:
-            size = int(meta["size"])
-            classes = meta["classes"]
-            splits = meta["splits"]
-            assert size > 0 and isinstance(classes, list) and classes and isinstance(splits, dict) and splits
-            for s in splits.values():
-                assert int(s["count"]) >= 0 and s.get("encoding", "raw") in ("raw", "jpeg")
-        except (KeyError, TypeError, ValueError, AssertionError):
-            raise DataError(meta_path, "is incomplete or malformed; prepare the data again") from None
-        # statistics
-        stats_path = path / "stats.safetensors"
-        try:
-            from safetensors.torch import load_file
-
-            stats = load_file(str(stats_path))
-            mean, vals, vecs = stats["mean"], stats["pca_eigvals"], stats["pca_eigvecs"]
-        except FileNotFoundError:
-            raise DataError(stats_path, "is missing; prepare the data again") from None
-        except Exception as e:
-            raise DataError(stats_path, f"is corrupt ({type(e).__name__}); prepare the data again") from None
-        if tuple(mean.shape) != (3, size, size) or tuple(vals.shape) != (3,) or tuple(vecs.shape) != (3, 3):
-            raise DataError(stats_path, f"holds shapes that do not fit size {size}; prepare the data again")
-        # split files: sizes must match the counts
-        isz = size * size * 3
-        for name, s in splits.items():
-            n, enc = int(s["count"]), s.get("encoding", "raw")
-            f = path / (name + (".images" if enc == "raw" else ".jpeg"))
-            for must in (f, path / f"{name}.labels.npy") + ((path / f"{name}.offsets.npy",) if enc == "jpeg" else ()):
-                if not must.exists():
-                    raise DataError(must, f"is missing (split '{name}'); prepare the data again")
-            if enc == "raw" and f.stat().st_size != n * isz:
-                raise DataError(f, f"has {f.stat().st_size} bytes, expected {n} images x {isz} = {n * isz}; "
-                                   "the file is truncated or from another preparation: prepare the data again")
-        return cls(path, meta, mean.float(), vals.float(), vecs.float())
+        meta, splits = F.read_meta(path)  # checked: a one-line DataError for anything wrong
+        size = int(meta["size"])
+        mean, vals, vecs = F.read_stats(path, size)
+        for info in splits.values():
+            F.check_split_files(path, size, info)
+        return cls(path, meta, mean, vals, vecs)
 
     def split(self, name: str) -> PreparedSplit:
         if name not in self.meta["splits"]:
             raise DataError(self.path, f"has no split '{name}' (it has: {', '.join(self.splits)})")
         if name not in self._split_cache:
-            s = self.meta["splits"][name]
-            self._split_cache[name] = PreparedSplit(self, name, int(s["count"]), s.get("encoding", "raw"))
+            info = F.SplitInfo(name, self.meta["splits"][name])
+            self._split_cache[name] = PreparedSplit(self, name, info.count, info.encoding, quality=info.quality)
         return self._split_cache[name]
 
     def __contains__(self, name: str) -> bool:

@@ -60,6 +60,27 @@ def _soft(d: torch.Tensor, edge: float) -> torch.Tensor:
     return torch.sigmoid(-d / edge)
 
 
+def _paint(g: torch.Generator, n: int, cover: torch.Tensor, xx: torch.Tensor, yy: torch.Tensor,
+           s: float) -> torch.Tensor:
+    """Colour the coverage maps (n, S, S): foreground, background with a faint gradient, noise."""
+    # colours, independent of the class, with a minimum contrast between foreground and background
+    # One of the two is light and the other dark (at random), so the shape always stands out in
+    # brightness; hues are free. Without this, a small net spends its first epochs on colour.
+    light = 0.6 + 0.4 * torch.rand(n, 3, generator=g)
+    dark = 0.35 * torch.rand(n, 3, generator=g)
+    swap = (torch.rand(n, 1, generator=g) < 0.5)
+    fg, bg = torch.where(swap, light, dark), torch.where(swap, dark, light)
+    grad = (torch.rand(n, 3, generator=g) - 0.5) * 0.3  # faint background gradient
+    ga = _u(g, n, 0.0, 2 * math.pi)
+    ramp = ((torch.cos(ga).view(-1, 1, 1) * xx + torch.sin(ga).view(-1, 1, 1) * yy) / s - 0.5)  # (n, S, S)
+    bgimg = bg.view(n, 3, 1, 1) + grad.view(n, 3, 1, 1) * ramp.unsqueeze(1)
+    c = cover.unsqueeze(1)
+    img = bgimg * (1 - c) + fg.view(n, 3, 1, 1) * c
+    noise_sd = _u(g, n, 0.01, 0.05).view(n, 1, 1, 1)
+    img = img + noise_sd * torch.randn(img.shape, generator=g)
+    return (img.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
 def render(class_index: int, n: int, size: int = 32, generator: torch.Generator | None = None) -> torch.Tensor:
     """``n`` images of class ``CLASSES[class_index]`` as uint8 (n, 3, size, size), vectorised over n."""
     if not 0 <= class_index < len(CLASSES):
@@ -134,22 +155,7 @@ def render(class_index: int, n: int, size: int = 32, generator: torch.Generator 
         d2 = torch.sqrt((u + sep) ** 2 + v**2)
         cover = _soft(torch.minimum(d1, d2) - dr, edge)
 
-    # colours, independent of the class, with a minimum contrast between foreground and background
-    # One of the two is light and the other dark (at random), so the shape always stands out in
-    # brightness; hues are free. Without this, a small net spends its first epochs on colour.
-    light = 0.6 + 0.4 * torch.rand(n, 3, generator=g)
-    dark = 0.35 * torch.rand(n, 3, generator=g)
-    swap = (torch.rand(n, 1, generator=g) < 0.5)
-    fg, bg = torch.where(swap, light, dark), torch.where(swap, dark, light)
-    grad = (torch.rand(n, 3, generator=g) - 0.5) * 0.3  # faint background gradient
-    ga = _u(g, n, 0.0, 2 * math.pi)
-    ramp = ((torch.cos(ga).view(-1, 1, 1) * xx + torch.sin(ga).view(-1, 1, 1) * yy) / s - 0.5)  # (n, S, S)
-    bgimg = bg.view(n, 3, 1, 1) + grad.view(n, 3, 1, 1) * ramp.unsqueeze(1)
-    c = cover.unsqueeze(1)
-    img = bgimg * (1 - c) + fg.view(n, 3, 1, 1) * c
-    noise_sd = _u(g, n, 0.01, 0.05).view(n, 1, 1, 1)
-    img = img + noise_sd * torch.randn(img.shape, generator=g)
-    return (img.clamp(0, 1) * 255).round().to(torch.uint8)
+    return _paint(g, n, cover, xx, yy, s)
 
 
 def _params(n_train: int, n_test: int, size: int, seed: int) -> dict:

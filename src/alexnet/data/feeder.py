@@ -1,0 +1,347 @@
+"""Batches from worker processes through a shared, page-locked ring, so the GPU never waits for data
+and the training loop never waits for the GIL.
+
+>>> with Feeder(train, 256, shuffle=True, seed=0, drop_last=True, device="cuda") as feeder:
+...     for epoch in range(start_epoch, epochs):
+...         for images, labels in feeder.epoch(epoch, start_batch):   # uint8 (B,3,S,S) channels_last
+...             ...
+
+The workers (:mod:`alexnet.data.feeder_worker`) start once, when the Feeder is made, and live
+until ``close()``; each epoch only sends them its batches. Each batch is read by one worker into
+a free slot of the ring (:mod:`alexnet.data.ring`); the training process, which only schedules
+(a few small messages per batch), copies a filled slot to the GPU with one asynchronous copy on a
+side stream, ``prefetch`` batches ahead, and gives the slot back once that copy has finished.
+The consumer's stream waits on the copy's event (and ``record_stream`` keeps the memory alive).
+
+``decode="cpu"`` (the default): the workers decode JPEGs with libjpeg-turbo; raw stores are
+copied. ``decode="cuda"``: the workers only fetch the JPEG bytes; a thread of the training process
+decodes each batch with ``torchvision.io.decode_jpeg(list, device=...)`` on a side stream.
+``decode="mixed"``: a fraction ``gpu_share`` of the batches (spread evenly) is decoded that way,
+the rest by the workers, so that the GPU takes only the decoding the cores cannot. (On a CPU
+device, for tests, the training process decodes those batches on the CPU.)
+
+Order, sharding and resuming are those of :mod:`alexnet.data.order`. An error in a worker (a
+JPEG that does not decode) is raised here as a one-line DataError naming the store file and the
+image; a worker that dies is reported the same way.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import deque
+
+import numpy as np
+import torch
+
+from alexnet.data.order import epoch_shards, num_batches
+from alexnet.data.ring import Ring, SlotLayout
+from alexnet.data.workers import WorkerPool, default_workers
+from alexnet.errors import DataError
+
+__all__ = ["Feeder", "DECODES", "default_workers"]
+
+DECODES = ("cpu", "cuda", "mixed")
+DEPTH = 2  # batches queued per worker, so that none waits for the training process
+
+
+class Feeder:
+    """A persistent pool of loader workers for one split; ``epoch(e, start_batch)`` iterates one epoch.
+
+    ``batch_size`` is the global batch (all ranks together); each rank reads only its shard.
+    ``workers``: processes (None: :func:`default_workers`, which is 0 on the CPU; 0: no processes,
+    each epoch is an in-process :class:`~alexnet.data.loader.BatchLoader`, so one code path serves
+    CPU and GPU runs). ``prefetch``: batches copied to the device ahead of use. ``decode``: where a
+    JPEG store is decoded: ``"cpu"``, ``"cuda"`` or ``"mixed"`` (``gpu_share`` of the batches on the
+    device).
+    """
+
+    def __init__(self, split, batch_size: int, *, shuffle: bool = False, seed: int = 0, drop_last: bool = False,
+                 device="cpu", rank: int = 0, world_size: int = 1, workers: int | None = None, prefetch: int = 2,
+                 decode: str = "cpu", gpu_share: float = 0.1):
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+        if decode not in DECODES:
+            raise ValueError(f"unknown decode {decode!r}: {', '.join(DECODES)}")
+        self.device = torch.device(device)
+        if decode != "cpu" and split.encoding != "jpeg":
+            raise ValueError(f"decode={decode!r} needs a JPEG store")
+        if not 0.0 <= gpu_share <= 1.0:
+            raise ValueError(f"gpu_share must be in [0, 1], got {gpu_share}")
+        self.gpu_share = {"cpu": 0.0, "cuda": 1.0}.get(decode, float(gpu_share))
+        self.split, self.batch_size = split, int(batch_size)
+        self.shuffle, self.seed, self.drop_last = bool(shuffle), int(seed), bool(drop_last)
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.decode, self.prefetch = decode, max(1, int(prefetch))
+        self.n = len(split)
+        self.batches_per_epoch = num_batches(self.n, self.batch_size, self.drop_last)
+        if type(split).__name__ != "PreparedSplit":
+            workers = 0  # any object with read(indices, out): read in this process
+        self.workers = default_workers(self.device, split.encoding, decode) if workers is None else int(workers)
+        if self.workers < 0 or (decode != "cpu" and self.workers == 0):
+            raise ValueError(f"workers must be at least {1 if decode != 'cpu' else 0}, got {self.workers}")
+        self._labels = split.labels.numpy()
+        self._gen = 0
+        self._broken: DataError | None = None
+        if self.workers == 0:  # the in-process loader, one BatchLoader per epoch
+            self._finalizer = weakref.finalize(self, _nothing)
+            return
+        self._start(-(-self.batch_size // self.world_size))
+        self._finalizer = weakref.finalize(self, _shutdown, self._pool, self._ring, self._releasing)
+
+    # -- set-up
+    def _source(self) -> tuple[dict, int]:
+        """What the workers read, and the JPEG bytes a slot must hold (GPU decoding)."""
+        from alexnet.data import format as F
+
+        source = {"kind": "raw", "path": str(self.split.path), "size": self.split.size}
+        if self.split.encoding == "raw":
+            return source, 0
+        source.update(kind="jpeg", offsets=str(self.split.data.path / F.offsets_file(self.split.name)))
+        off = self.split.offsets()
+        return source, int(np.diff(off).max()) if len(off) > 1 else 0
+
+    def _start(self, local_batch: int) -> None:
+        source, longest = self._source()
+        layout = SlotLayout(max(1, local_batch), self.split.size, pixels=self.gpu_share < 1.0,
+                            blob=max(1, local_batch) * longest if self.gpu_share > 0.0 else 0)
+        self._ring = Ring(self.workers * DEPTH + self.prefetch + 2, layout)
+        self._free = deque(range(self._ring.slots))
+        self._releasing: deque = deque()  # (event or None, slot): given back once the copy is done
+        self._ready: dict[int, int] = {}  # batch -> slot, filled for this generation
+        self._todo: deque = deque()  # (batch, rows, labels, decoded on the device) not yet sent to a worker
+        self._busy = [0] * self.workers
+        self._cuda = self.device.type == "cuda"
+        self._stream = torch.cuda.Stream(self.device) if self._cuda else None
+        self._staging: deque = deque()
+        if self._cuda and not self._ring.register_cuda() and self.gpu_share < 1.0:
+            # The driver refused to page-lock shared memory: copy each slot into pinned staging
+            # buffers first (one memcpy more per batch, in this process).
+            self._staging.extend(
+                [None, torch.empty((local_batch, self.split.size, self.split.size, 3), dtype=torch.uint8,
+                                   pin_memory=True)] for _ in range(self.prefetch + 2))
+        self._pool = WorkerPool(self.workers, self._ring, source)  # last: nothing after it can fail
+
+    # -- the public side
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def epoch(self, epoch: int, start_batch: int = 0):
+        """The batches of epoch ``epoch`` from global batch ``start_batch``: an iterable with ``len()``,
+        ``batches_per_epoch`` and ``start_batch``."""
+        if not 0 <= start_batch <= self.batches_per_epoch:
+            raise ValueError(f"start_batch {start_batch} is outside 0..{self.batches_per_epoch}")
+        if self.closed:
+            raise RuntimeError("this Feeder is closed")
+        if self.workers == 0:
+            from alexnet.data.loader import BatchLoader
+
+            return BatchLoader(self.split, self.batch_size, shuffle=self.shuffle, seed=self.seed, epoch=epoch,
+                               start_batch=start_batch, drop_last=self.drop_last, device=self.device, rank=self.rank,
+                               world_size=self.world_size, prefetch=self.prefetch, workers=0)
+        return EpochBatches(self, int(epoch), int(start_batch))
+
+    def close(self) -> None:
+        """Stop the workers (within about a second) and free the ring. Idempotent."""
+        self._finalizer()
+
+    def __enter__(self) -> "Feeder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return not self._finalizer.alive
+
+    def pids(self) -> list[int]:
+        return self._pool.pids() if self.workers else []
+
+    # -- scheduling (only the iterating thread calls these)
+    def _begin(self, shards: list[torch.Tensor]) -> None:
+        if self.closed:
+            raise RuntimeError("this Feeder is closed")
+        if self._broken is not None:
+            raise self._broken
+        self._pool.wait_ready()
+        self._gen += 1
+        self._free.extend(self._ready.values())  # left by an epoch that was not finished
+        self._ready.clear()
+        self._failed: dict[int, DataError] = {}
+        order = torch.cat(shards).numpy() if shards else np.zeros(0, np.int64)
+        rows = self.split.stored_rows(order)
+        labels = self._labels[order]
+        self._todo.clear()
+        self._rows_of = []  # stored rows of each batch, to name an image that fails on the GPU
+        at = 0
+        for b, s in enumerate(shards):
+            self._rows_of.append(rows[at : at + len(s)])
+            if len(s):
+                self._todo.append((b, rows[at : at + len(s)], labels[at : at + len(s)], self._on_device(b)))
+            at += len(s)
+
+    def _on_device(self, b: int) -> bool:
+        """Whether batch ``b`` (of this epoch's list) is decoded by the training process: every
+        batch where the running count of ``gpu_share * (b + 1)`` steps up."""
+        return int((b + 1) * self.gpu_share) > int(b * self.gpu_share)
+
+    def _reclaim(self) -> None:
+        while self._releasing and (self._releasing[0][0] is None or self._releasing[0][0].query()):
+            self._free.append(self._releasing.popleft()[1])
+
+    def _dispatch(self) -> None:
+        while self._todo and self._free:
+            w = min(range(self.workers), key=self._busy.__getitem__)
+            if self._busy[w] >= DEPTH:
+                return
+            b, rows, labels, on_device = self._todo.popleft()
+            self._pool.send(w, (self._gen, b, self._free.popleft(), rows, labels, on_device))
+            self._busy[w] += 1
+
+    def _collect(self, timeout: float) -> None:
+        try:
+            replies = self._pool.replies(timeout)
+        except DataError as e:
+            self._broken = e
+            raise
+        for kind, w, gen, b, slot, *problem in replies:
+            self._busy[w] -= 1
+            if gen != self._gen:
+                self._free.append(slot)  # a batch of an abandoned epoch
+            elif kind == "error":  # raised when the batch is due, not before
+                self._free.append(slot)
+                self._failed[b] = DataError(*problem)
+            else:
+                self._ready[b] = slot
+
+    def _wait(self, b: int) -> int:
+        """The slot of batch ``b`` of this generation, once a worker has filled it."""
+        while True:
+            self._reclaim()
+            self._dispatch()
+            if b in self._ready:
+                return self._ready.pop(b)
+            if b in self._failed:
+                raise self._failed.pop(b)
+            if not self._free and self._releasing and not any(self._busy):
+                self._releasing[0][0].synchronize()  # every slot waits for a copy to the device
+                continue
+            self._collect(0.5)
+
+    def _deliver(self, b: int, slot: int, n: int):
+        """(images (n,3,S,S), labels, event) on the device, from the filled slot of batch ``b``."""
+        if self._on_device(b):
+            from alexnet.data.gpu_decode import decode_slot
+
+            return decode_slot(self, slot, n, self._rows_of[b])
+        x, y = self._ring.images(slot, n), self._ring.labels(slot, n)
+        if not self._cuda:
+            x, y = x.clone(), y.clone()
+            self._free.append(slot)
+            if self.device.type != "cpu":
+                x, y = x.to(self.device), y.to(self.device)
+            return x.permute(0, 3, 1, 2), y, None
+        with torch.cuda.stream(self._stream):
+            if self._staging:
+                x, y = self._stage(x, y, slot)
+            else:
+                x = x.to(self.device, non_blocking=True)
+                y = y.to(self.device, non_blocking=True)
+            ev = torch.cuda.Event()
+            ev.record(self._stream)
+        self._releasing.append((None if self._staging else ev, slot))
+        if self._staging:
+            self._staging[-1][0] = ev
+        return x.permute(0, 3, 1, 2), y, ev
+
+    def _stage(self, x: torch.Tensor, y: torch.Tensor, slot: int):
+        """Unregistered ring: through a pinned buffer (whose last copy must be done before reuse)."""
+        self._staging.rotate(-1)
+        ev, buf = self._staging[-1]
+        if ev is not None:
+            ev.synchronize()
+        buf[: len(x)].copy_(x)
+        y = y.clone().pin_memory()
+        return buf[: len(x)].to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def _empty(self):
+        S = self.split.size
+        x = torch.empty((0, S, S, 3), dtype=torch.uint8, device=self.device).permute(0, 3, 1, 2)
+        return x, torch.empty(0, dtype=torch.int64, device=self.device), None
+
+    def _produce(self, shards: list[torch.Tensor]):
+        """(images, labels, event) for each batch. Batch k is waited for; the next ``prefetch`` are
+        sent to the device as soon as they are filled, without waiting for them."""
+        self._begin(shards)
+        pending: deque = deque()
+        nxt = 0
+
+        def deliver(b: int, slot: int | None):
+            n = len(shards[b])
+            return self._deliver(b, slot, n) if n else self._empty()
+
+        for k in range(len(shards)):
+            if nxt == k:
+                pending.append(deliver(k, self._wait(k) if len(shards[k]) else None))
+                nxt += 1
+            self._reclaim()
+            self._dispatch()
+            self._collect(0.0)
+            self._dispatch()
+            while nxt < len(shards) and nxt <= k + self.prefetch and (not len(shards[nxt]) or nxt in self._ready):
+                pending.append(deliver(nxt, self._ready.pop(nxt, None)))
+                nxt += 1
+            yield pending.popleft()
+
+
+class EpochBatches:
+    """One epoch of a Feeder: ``len()`` batches from ``start_batch``, iterated once."""
+
+    def __init__(self, feeder: Feeder, epoch: int, start_batch: int):
+        self.feeder, self.epoch, self.start_batch = feeder, epoch, start_batch
+        self.batches_per_epoch = feeder.batches_per_epoch
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch - self.start_batch
+
+    def shards(self) -> list[torch.Tensor]:
+        f = self.feeder
+        return epoch_shards(f.n, f.batch_size, shuffle=f.shuffle, seed=f.seed, epoch=self.epoch,
+                            drop_last=f.drop_last, start_batch=self.start_batch, rank=f.rank,
+                            world_size=f.world_size)
+
+    def __iter__(self):
+        f = self.feeder
+        items = f._produce(self.shards())
+        if f.gpu_share > 0.0:
+            from alexnet.data.gpu_decode import in_thread
+
+            items = in_thread(items, f.prefetch, f.device)
+        try:
+            for x, y, ev in items:
+                if ev is not None:
+                    cur = torch.cuda.current_stream(f.device)
+                    cur.wait_event(ev)
+                    x.record_stream(cur)
+                    y.record_stream(cur)
+                yield x, y
+        finally:
+            items.close()
+
+
+def _nothing() -> None:
+    pass
+
+
+def _shutdown(pool, ring, releasing) -> None:
+    """Stop the workers, wait for copies still reading the ring, free it (also at exit, when CUDA
+    may already be shutting down: then there is nothing left to wait for)."""
+    pool.close()
+    try:
+        for ev, _ in releasing:
+            if ev is not None:
+                ev.synchronize()
+        releasing.clear()
+        ring.close()
+    except RuntimeError:
+        pass

@@ -1,0 +1,132 @@
+"""A loader worker process: reads the images of one batch straight into a slot of the shared ring.
+
+It receives ``(generation, batch, slot, rows, labels, bytes_only)`` on its pipe and answers ``("done", ...)``
+or ``("error", ..., path, problem)``; ``None`` stops it, and so does the end of the pipe or of the
+training process (it checks every second). Ctrl-C is left to the training process.
+
+Sources (a dict, see :func:`reader`):
+
+* ``raw``: one ``preadv`` per image from the raw array into the slot, in file order;
+* ``jpeg``: read each JPEG and decode it with torchvision (libjpeg-turbo) into the slot, or, for
+  a batch the training process decodes (on the GPU), only copy the bytes into the slot's blob.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from alexnet.data.decode import decode_store_jpeg
+from alexnet.data.procs import worker_setup
+from alexnet.data.ring import Ring, RingHandle
+from alexnet.errors import DataError
+
+__all__ = ["main", "reader"]
+
+
+def _pread_into(fd: int, view: memoryview, offset: int, path: str, row: int) -> None:
+    got = os.preadv(fd, [view], offset)
+    while got < len(view):  # a short read: continue where it stopped
+        n = os.preadv(fd, [view[got:]], offset + got)
+        if n <= 0:
+            raise DataError(path, f"image {row} is cut short ({got} of {len(view)} bytes); prepare the data again")
+        got += n
+
+
+class RawReader:
+    def __init__(self, source: dict):
+        self.path, self.size = source["path"], source["size"]
+        self.row = self.size * self.size * 3
+        self.fd = os.open(self.path, os.O_RDONLY)
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_RANDOM)  # no read-ahead for random rows
+
+    def fill(self, ring: Ring, slot: int, rows: np.ndarray, bytes_only: bool = False) -> None:
+        dst = ring.images(slot, len(rows)).view(len(rows), self.row).numpy()
+        for j in np.argsort(rows, kind="stable").tolist():  # ascending file offsets
+            _pread_into(self.fd, memoryview(dst[j]), int(rows[j]) * self.row, self.path, int(rows[j]))
+
+
+class JpegReader:
+    def __init__(self, source: dict):
+        self.path, self.size = source["path"], source["size"]
+        self.offsets = np.load(source["offsets"], allow_pickle=False)
+        self.fd = os.open(self.path, os.O_RDONLY)
+        self.buf = bytearray(int(np.diff(self.offsets).max()) if len(self.offsets) > 1 else 1)
+
+    def fill(self, ring: Ring, slot: int, rows: np.ndarray, bytes_only: bool = False) -> None:
+        starts, ends = self.offsets[rows], self.offsets[rows + 1]
+        order = np.argsort(starts, kind="stable").tolist()
+        if bytes_only:
+            lengths = ends - starts
+            ring.lengths(slot, len(rows)).numpy()[:] = lengths
+            at = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+            blob = memoryview(ring.blob(slot).numpy())
+            for j in order:
+                _pread_into(self.fd, blob[at[j] : at[j] + lengths[j]], int(starts[j]), self.path, int(rows[j]))
+            return
+        dst = ring.images(slot, len(rows))
+        for j in order:
+            n = int(ends[j] - starts[j])
+            _pread_into(self.fd, memoryview(self.buf)[:n], int(starts[j]), self.path, int(rows[j]))
+            data = torch.frombuffer(self.buf, dtype=torch.uint8, count=n)
+            dst[j].copy_(decode_store_jpeg(data, self.size, self.path, int(rows[j])))
+
+
+def reader(source: dict):
+    return RawReader(source) if source["kind"] == "raw" else JpegReader(source)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def _problem(e: BaseException, source: dict) -> tuple[str, str]:
+    if isinstance(e, DataError):
+        return e.path, e.problem
+    if isinstance(e, OSError):
+        return source["path"], f"cannot be read ({e.strerror or e})"
+    text = " ".join(str(e).split())[:300]
+    return source["path"], f"loader worker failed: {type(e).__name__}: {text}"
+
+
+def main(wid: int, conn, handle: RingHandle, source: dict, parent: int) -> None:
+    """The worker's life: attach, say ready, fill slots until told to stop."""
+    worker_setup()
+    try:
+        ring = Ring.attach(handle)
+        read = reader(source)
+        conn.send(("ready", wid, None, None, None))
+    except BaseException as e:
+        conn.send(("error", wid, None, None, None) + _problem(e, source))
+        return
+    while True:
+        try:
+            if not conn.poll(1.0):
+                if not _alive(parent):
+                    return
+                continue
+            task = conn.recv()
+        except (EOFError, OSError):  # the training process is gone
+            return
+        if task is None:
+            return
+        gen, b, slot, rows, labels, bytes_only = task
+        try:
+            read.fill(ring, slot, rows, bytes_only)
+            ring.labels(slot, len(labels)).numpy()[:] = labels
+            reply = ("done", wid, gen, b, slot)
+        except Exception as e:
+            reply = ("error", wid, gen, b, slot) + _problem(e, source)
+        try:
+            conn.send(reply)
+        except (BrokenPipeError, OSError):
+            return

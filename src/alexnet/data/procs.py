@@ -1,0 +1,64 @@
+"""Worker processes of the data package: how they start, and the machine's cores.
+
+Workers start through a fork server (spawn where there is none): a clean process, started once
+per program, that has imported torch and the worker modules and forks each worker from there.
+That is safe after CUDA is initialised in the training process (nothing is forked from it) and
+costs about 30 ms a worker after the first (spawn re-imports torch in every worker: seconds).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+from contextlib import contextmanager
+
+__all__ = ["context", "usable_cores", "worker_setup", "one_thread"]
+
+# Imported once by the fork server, so that forked workers start warm.
+PRELOAD = ["alexnet.data.feeder_worker", "alexnet.data.prepare_chunk", "torchvision.io",
+           "torchvision.transforms.v2.functional"]
+
+
+def context():
+    """The multiprocessing context for data workers: forkserver (Linux, macOS), else spawn."""
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(PRELOAD)  # takes effect if the server is not running yet
+        return ctx
+    return mp.get_context("spawn")
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (the affinity mask where there is one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def worker_setup() -> None:
+    """In a worker: leave Ctrl-C to the parent (which stops the workers), one thread each."""
+    import warnings
+
+    import torch
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
+    from alexnet.data.decode import TV_CODEC_DEPRECATION
+
+    warnings.filterwarnings("ignore", message=TV_CODEC_DEPRECATION, category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module="torchvision")
+
+
+@contextmanager
+def one_thread():
+    """torch on one thread for a while: per-image work done in this process (``workers=1``) gains
+    nothing from intra-op threads, and their spinning costs 10x on a busy machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

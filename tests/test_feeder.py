@@ -1,0 +1,326 @@
+"""The worker-process loader (Feeder): the same batches as the in-process loader, resuming, sharding,
+errors as one-line DataErrors, and no process left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import random_image, write_image
+
+from alexnet.data.feeder import Feeder
+from alexnet.data.loader import BatchLoader
+from alexnet.data.prepare import prepare
+from alexnet.data.prepared import PreparedData
+from alexnet.data.workers import default_workers
+from alexnet.errors import DataError
+
+N = 61  # images: batches of 8 leave a partial one
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory) -> dict[str, Path]:
+    """The same 61 photos-like images prepared at 24x24, raw and as JPEG."""
+    root = tmp_path_factory.mktemp("feeder")
+    rng = np.random.default_rng(7)
+    for i in range(N):
+        img = random_image(rng, 26 + i % 7, 30) + rng.integers(0, 30, (26 + i % 7, 30, 3), dtype=np.uint8)
+        write_image(root / "src" / "train" / f"c{i % 5}" / f"{i:03d}.png", img)
+    return {enc: prepare(root / "src", root / enc, size=24, workers=1, progress=False, encoding=enc)
+            for enc in ("raw", "jpeg")}
+
+
+def split_of(stores, enc):
+    return PreparedData.open(stores[enc]).split("train")
+
+
+def batches(iterable) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    out = []
+    for x, y in iterable:
+        assert x.dtype == torch.uint8 and x.shape[1:] == (3, 24, 24) and y.dtype == torch.int64
+        assert x.is_contiguous(memory_format=torch.channels_last)
+        out.append((x, y))  # kept as yielded: a batch must stay valid after the next one
+    return out
+
+
+def assert_same(a, b) -> None:
+    assert len(a) == len(b)
+    for (x1, y1), (x2, y2) in zip(a, b):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+
+
+def gone(pids, within: float = 5.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        alive = []
+        for pid in pids:
+            try:
+                os.kill(pid, 0)
+                # a zombie counts as gone: it no longer runs
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().split()[2] != "Z":
+                        alive.append(pid)
+            except (ProcessLookupError, FileNotFoundError):
+                pass
+        if not alive:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("enc", ["raw", "jpeg"])
+def test_workers_equal_in_process(stores, enc):
+    split = split_of(stores, enc)
+    kw = dict(shuffle=True, seed=3, drop_last=False)
+    with Feeder(split, 8, workers=2, **kw) as feeder:
+        assert feeder.batches_per_epoch == 8
+        for epoch in (0, 1):
+            want = batches(BatchLoader(split, 8, epoch=epoch, workers=0, **kw))
+            assert [len(y) for _, y in want] == [8] * 7 + [5]
+            assert_same(batches(feeder.epoch(epoch)), want)
+        # a BatchLoader with workers is the same thing, one pass
+        assert_same(batches(BatchLoader(split, 8, epoch=1, workers=2, **kw)), want)
+
+
+def test_without_workers_one_interface(stores):
+    """On the CPU a Feeder has no processes: each epoch is the in-process loader, same batches."""
+    split = split_of(stores, "jpeg")
+    kw = dict(shuffle=True, seed=3, drop_last=True)
+    with Feeder(split, 8, device="cpu", **kw) as feeder:
+        assert feeder.workers == 0 and feeder.pids() == []
+        batches_ = feeder.epoch(1, start_batch=2)
+        assert (len(batches_), batches_.batches_per_epoch, batches_.start_batch) == (5, 7, 2)
+        assert_same(batches(batches_), batches(BatchLoader(split, 8, epoch=1, start_batch=2, workers=0, **kw)))
+    with pytest.raises(RuntimeError, match="closed"):
+        feeder.epoch(0)
+
+
+@pytest.mark.parametrize("decode,share", [("cuda", 1.0), ("mixed", 0.4)])
+def test_decoding_in_the_training_process(stores, decode, share):
+    """Batches whose JPEG bytes the workers only fetch, decoded by the training process (on a CPU
+    device: on the CPU, so the pixels are exactly the workers')."""
+    split = split_of(stores, "jpeg")
+    kw = dict(shuffle=True, seed=6, drop_last=False)
+    with Feeder(split, 8, workers=2, decode=decode, gpu_share=share, **kw) as feeder:
+        assert [feeder._on_device(b) for b in range(5)] == ([True] * 5 if decode == "cuda" else
+                                                           [False, False, True, False, True])
+        for epoch in (0, 1):
+            want = batches(BatchLoader(split, 8, epoch=epoch, workers=0, **kw))
+            assert_same(batches(feeder.epoch(epoch)), want)
+        assert_same(batches(feeder.epoch(1, start_batch=5)), want[5:])
+    with pytest.raises(ValueError, match="JPEG store"):
+        Feeder(split_of(stores, "raw"), 8, workers=1, decode=decode)
+
+
+def test_jpeg_pixels_close_to_raw(stores):
+    raw, jpg = split_of(stores, "raw"), split_of(stores, "jpeg")
+    with Feeder(jpg, 16, workers=1) as feeder:
+        got = torch.cat([x for x, _ in feeder.epoch(0)])
+    want = raw.read(range(N))
+    err = (got.float() - want.float()).abs()
+    assert 0 < err.mean() < 4 and jpg.quality == 90
+
+
+def test_resume_and_early_break(stores):
+    split = split_of(stores, "raw")
+    kw = dict(shuffle=True, seed=5, drop_last=True)
+    full = batches(BatchLoader(split, 8, epoch=2, workers=0, **kw))
+    with Feeder(split, 8, workers=2, prefetch=1, **kw) as feeder:
+        for i, _ in enumerate(feeder.epoch(2)):
+            if i == 1:
+                break  # abandoned: its batches in flight are dropped
+        resumed = feeder.epoch(2, start_batch=4)
+        assert len(resumed) == len(full) - 4
+        assert_same(batches(resumed), full[4:])
+        assert_same(batches(feeder.epoch(2)), full)
+        with pytest.raises(ValueError):
+            feeder.epoch(0, start_batch=99)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_ddp_shards(stores, world):
+    split = split_of(stores, "jpeg")
+    kw = dict(shuffle=True, seed=1, drop_last=True)
+    single = batches(BatchLoader(split, 12, epoch=0, workers=0, **kw))
+    per_rank = []
+    for r in range(world):
+        with Feeder(split, 12, rank=r, world_size=world, workers=1, **kw) as feeder:
+            per_rank.append(batches(feeder.epoch(0)))
+    for b, (x, y) in enumerate(single):
+        assert torch.equal(torch.cat([per_rank[r][b][0] for r in range(world)]), x)
+        assert torch.equal(torch.cat([per_rank[r][b][1] for r in range(world)]), y)
+
+
+def test_eval_counts_each_image_once(stores):
+    split = split_of(stores, "raw")
+    seen = []
+    for r in range(7):  # 61 images in batches of 10: the last batch leaves some ranks empty
+        with Feeder(split, 10, rank=r, world_size=7, workers=1) as feeder:
+            got = batches(feeder.epoch(0))
+            assert len(got) == 7
+            seen += [int(v) for _, y in got for v in y]
+    labels = split.labels.tolist()
+    assert sorted(seen) == sorted(labels) and len(seen) == N
+
+
+def test_subset(stores):
+    split = split_of(stores, "jpeg").subset(torch.arange(0, N, 3))
+    kw = dict(shuffle=True, seed=2, drop_last=False)
+    with Feeder(split, 4, workers=2, **kw) as feeder:
+        assert_same(batches(feeder.epoch(0)), batches(BatchLoader(split, 4, workers=0, **kw)))
+
+
+# ---------------------------------------------------------------------------- shutting down
+
+
+def test_no_process_left(stores):
+    split = split_of(stores, "raw")
+    feeder = Feeder(split, 8, workers=2)
+    pids = feeder.pids()
+    batches(feeder.epoch(0))
+    assert not gone(pids, within=0.2)  # alive between epochs
+    feeder.close()
+    feeder.close()  # idempotent
+    assert gone(pids)
+    with pytest.raises(RuntimeError, match="closed"):
+        list(feeder.epoch(0))
+
+    loader = BatchLoader(split, 8, workers=2)
+    seen = []
+    for i, _ in enumerate(loader):
+        if i == 0:
+            seen = [p.pid for p in __import__("multiprocessing").active_children() if "loader" in p.name]
+        if i == 2:
+            break  # the consumer leaves early: the pass's workers stop
+    assert seen and gone(seen)
+
+    feeder = Feeder(split, 8, workers=2)
+    pids = feeder.pids()
+    del feeder  # dropped without close(): the finalizer stops the workers
+    assert gone(pids)
+
+
+def _corrupt(store: Path, image: int) -> Path:
+    """Overwrite the start of one stored JPEG, as a disk error would."""
+    path = store / "train.jpeg"
+    off = np.load(store / "train.offsets.npy")
+    with open(path, "r+b") as f:
+        f.seek(int(off[image]))
+        f.write(b"\0" * 16)
+    return path
+
+
+def test_corrupt_jpeg_is_one_line_error(stores, tmp_path):
+    import shutil
+
+    store = Path(shutil.copytree(stores["jpeg"], tmp_path / "broken"))
+    path = _corrupt(store, 17)
+    split = PreparedData.open(store).split("train")
+    for make in (lambda: BatchLoader(split, 8, workers=0), lambda: BatchLoader(split, 8, workers=2)):
+        with pytest.raises(DataError) as e:
+            batches(make())
+        assert e.value.path == str(path) and "image 17 cannot be decoded" in str(e.value)
+        assert "\n" not in str(e.value)
+    feeder = Feeder(split, 8, workers=2)
+    pids = feeder.pids()
+    for b, _ in enumerate(feeder.epoch(0)):  # the bad image is in batch 2: batches 0 and 1 come
+        if b == 1:
+            break
+    with pytest.raises(DataError, match="image 17"):
+        batches(feeder.epoch(0))
+    with pytest.raises(DataError, match="image 17"):  # still usable, still the same answer
+        batches(feeder.epoch(0))
+    good = batches(feeder.epoch(0, start_batch=3))  # past the bad image
+    assert len(good) == 5
+    feeder.close()
+    assert gone(pids)
+    with Feeder(split, 8, workers=1, decode="cuda") as feeder:  # decoded by the training process
+        with pytest.raises(DataError) as e:
+            batches(feeder.epoch(0))
+        assert e.value.path == str(path) and "image 17 cannot be decoded" in str(e.value)
+
+
+def test_killed_worker_is_reported(stores):
+    split = split_of(stores, "raw")
+    with Feeder(split, 8, workers=2) as feeder:
+        batches(feeder.epoch(0))
+        pid = feeder.pids()[1]
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(DataError, match=r"loader worker 1 \(pid \d+\) was killed by signal 9"):
+            for _ in range(3):
+                batches(feeder.epoch(1))
+        pids = feeder.pids()
+    assert gone(pids)
+
+
+def test_workers_ignore_sigint(stores):
+    split = split_of(stores, "raw")
+    with Feeder(split, 8, workers=2) as feeder:
+        want = batches(feeder.epoch(0))
+        for pid in feeder.pids():
+            os.kill(pid, signal.SIGINT)  # Ctrl-C reaches the whole process group; the parent decides
+        time.sleep(0.2)
+        assert_same(batches(feeder.epoch(0)), want)
+
+
+@pytest.mark.slow
+def test_workers_die_with_the_training_process(stores, tmp_path):
+    script = textwrap.dedent(f"""
+        import sys, time
+        from alexnet.data.feeder import Feeder
+        from alexnet.data.prepared import PreparedData
+        if __name__ == "__main__":
+            f = Feeder(PreparedData.open({str(stores['raw'])!r}).split("train"), 8, workers=2)
+            next(iter(f.epoch(0)))
+            print(*f.pids(), flush=True)
+            time.sleep(60)
+    """)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        pids = [int(v) for v in p.stdout.readline().split()]
+        assert len(pids) == 2 and not gone(pids, within=0.2)
+        p.kill()  # SIGKILL: no clean-up code runs in the training process
+        p.wait(10)
+        assert gone(pids, within=5.0)
+    finally:
+        p.kill()
+
+
+def test_default_workers(monkeypatch):
+    import alexnet.data.workers as W
+
+    assert default_workers("cpu", "jpeg") == 0
+    monkeypatch.setattr(W, "usable_cores", lambda: 16)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert default_workers("cuda", "jpeg") == 14
+    assert default_workers("cuda", "raw") == 4
+    assert default_workers("cuda", "jpeg", "cuda") == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert default_workers("cuda", "jpeg") == 1 and default_workers("cuda", "raw") == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("enc,decode", [("raw", "cpu"), ("jpeg", "cpu"), ("jpeg", "cuda"), ("jpeg", "mixed")])
+def test_cuda(stores, enc, decode):
+    split = split_of(stores, enc)
+    kw = dict(shuffle=True, seed=4, drop_last=False)
+    want = batches(BatchLoader(split, 8, workers=0, **kw))
+    with Feeder(split, 8, workers=2, device="cuda", decode=decode, **kw) as feeder:
+        assert feeder._ring.registered  # page-locked shared memory: one asynchronous copy per batch
+        for _ in range(2):
+            got = [(x.cpu(), y.cpu()) for x, y in batches(feeder.epoch(0))]
+            if decode == "cpu":
+                assert_same(got, want)
+            else:  # nvJPEG's IDCT differs from libjpeg-turbo's by a grey level or so
+                for (x1, y1), (x2, y2) in zip(got, want):
+                    assert torch.equal(y1, y2) and (x1.float() - x2.float()).abs().mean() < 2
