@@ -139,7 +139,8 @@ def _eval_worker(rank: int, store: str, data: str, out: str) -> None:
         results = {}
         for n in (21, 1):          # 21: 11 + 10 images; 1: rank 1's part is empty
             split = test.subset(torch.arange(n))
-            r = placement.evaluate(split, prepared.mean, 28, 10, device=torch.device("cpu"), batch_size=4)
+            r = placement.evaluate(placement.eval_part(split), prepared.mean, 28, 10, device=torch.device("cpu"),
+                                   batch_size=4)
             results[n] = r
         if rank == 0:
             Path(out).write_text(json.dumps(results))

@@ -159,7 +159,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_prepare(args: argparse.Namespace) -> int:
     from alexnet.data.prepare import prepare
 
-    out = prepare(args.src, args.out, size=args.size, splits=args.splits, workers=args.workers, skip_bad=args.skip_bad)
+    out = prepare(args.src, args.out, size=args.size, splits=args.splits, workers=args.workers, skip_bad=args.skip_bad,
+                  encoding=args.encoding, quality=args.quality)
     print(f"prepared {args.src} -> {out}")
     return 0
 
@@ -236,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--splits", nargs="+", help="which splits (default: all of train/val/test present)")
     p.add_argument("--workers", type=int, help="processes (default: all cores)")
     p.add_argument("--skip-bad", action="store_true", help="leave out unreadable images (listed in skipped.txt)")
+    p.add_argument("--encoding", choices=("auto", "raw", "jpeg"), default="auto",
+                   help="raw pixels, JPEG, or auto: raw up to 32 GB, JPEG beyond (ImageNet at 256)")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality 1-100 (default 90)")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("eval", help="top-1/top-5 error of a checkpoint or an ensemble")

@@ -91,8 +91,14 @@ class TrainConfig:
     init_from: str | None = option(None, "fine-tune from a checkpoint or a torchvision .pth", group="running")
     skip_bad: bool = option(False, "skip unreadable images when preparing (listed in the run)", resume="apply",
                             group="running")
-    workers: int | None = option(None, "data worker processes (default: by the core count)", resume="apply",
+    workers: int | None = option(None, "processes preparing image folders (default: all cores)", resume="apply",
                                  group="running")
+    loader_workers: int | None = option(None, "loader worker processes (default: the cores this process can "
+                                               "spare on a GPU, none on the CPU; 0: in the training process)",
+                                        resume="apply", group="running")
+    decode: str = option("cpu", "JPEG stores: decode on the loader's cores (cpu), on the GPU (cuda), or some "
+                                "batches on each (mixed)", choices=("cpu", "cuda", "mixed"), resume="apply",
+                         group="running")
     stall_window: int = option(3000, "steps with the loss at ln(classes) before the run is stopped (0: never)",
                                resume="apply", group="running")
     stall_epochs: int = option(3, "epochs with the validation error at chance before the run is stopped "
@@ -126,8 +132,9 @@ def check(cfg: TrainConfig) -> None:
                  "stall_epochs"):
         if not getattr(cfg, name) >= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, not {getattr(cfg, name)}")
-    if cfg.workers is not None and cfg.workers < 0:
-        raise ConfigError(f"--workers must be >= 0, not {cfg.workers}")
+    for name in ("workers", "loader_workers"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, not {getattr(cfg, name)}")
     if not 0.0 < cfg.val_fraction < 1.0:
         raise ConfigError(f"--val-fraction must be in (0, 1), not {cfg.val_fraction}")
     for name, f in FIELDS.items():

@@ -55,16 +55,18 @@ def topk_errors(probs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
 def evaluate_split(nets, split, mean: torch.Tensor, crop: int, crops: int, *, device: torch.device,
                    amp_dtype=None, channels_last: bool = False, input_scales=1.0, batch_size: int = 256,
                    sum_: Callable | None = None, label_map: torch.Tensor | None = None, progress: str | None = None,
-                   should_stop: Callable[[], bool] | None = None) -> dict:
+                   should_stop: Callable[[], bool] | None = None, feeder=None) -> dict:
     """Top-1/top-5 error of one network (or an ensemble list) on a prepared split. `sum_` adds the
     counts over processes (each evaluating its own part); `progress` is a bar's title (None: no bar);
-    `should_stop` is polled every batch and raises Interrupted."""
+    `should_stop` is polled every batch and raises Interrupted; `feeder`: a `Feeder` of this split
+    whose worker processes read it (default: a loader in this process)."""
     nets = nets if isinstance(nets, list) else [nets]
     scales = input_scales if isinstance(input_scales, list) else [input_scales] * len(nets)
     modes = [n.training for n in nets]
     for n in nets:
         n.eval()
-    loader = BatchLoader(split, batch_size, shuffle=False, drop_last=False, device=device)
+    loader = feeder.epoch(0) if feeder is not None else BatchLoader(split, batch_size, shuffle=False,
+                                                                    drop_last=False, device=device)
     counts = torch.zeros(3, dtype=torch.float64, device=device)   # images, top-1 misses, top-5 misses
     bar = _bar(progress, len(loader))
     try:
@@ -182,7 +184,7 @@ def predict_images(checkpoint: str, images: list[str], crops: int = 10, top: int
                    device: str = "auto") -> list[dict]:
     """`alexnet predict`: the top classes of each image with names and probabilities; an image that
     cannot be read gets {"image": path, "error": what is wrong} and the others are still predicted."""
-    from alexnet.data.prepare import BadImage, load_image
+    from alexnet.data.decode import read_photo
 
     dev = resolve_device(device)
     (item,) = load_models([checkpoint], dev)
@@ -191,9 +193,9 @@ def predict_images(checkpoint: str, images: list[str], crops: int = 10, top: int
     out = []
     for path in images:
         try:
-            pixels = load_image(path, ck["image_size"])
-        except BadImage as e:
-            out.append({"image": str(path), "error": str(e)})
+            pixels = read_photo(path, ck["image_size"])
+        except DataError as e:
+            out.append({"image": str(path), "error": e.problem})
             continue
         image = torch.from_numpy(pixels).permute(2, 0, 1)[None].to(dev)                   # (1, 3, S, S)
         probs = crop_probabilities([item.model], image, mean, ck["crop"], crops, None, False, [ck["input_scale"]])[0]

@@ -22,7 +22,8 @@ from alexnet import checkpoint as ckpt_io
 from alexnet.checkpoint import CheckpointKeeper
 from alexnet.config import FIELDS, TrainConfig, merge_for_resume, resolve
 from alexnet.data.augment import Augment, input_scale
-from alexnet.data.prepared import PreparedData, is_prepared
+from alexnet.data.feeder import Feeder
+from alexnet.data.splits import open_prepared, split_train_val
 from alexnet.errors import ConfigError, DataError, TrainingDiverged
 from alexnet.models import build_model, get_arch, model_options
 from alexnet.optim import PaperSGD, PlateauDrops, StepDrops, param_groups
@@ -32,7 +33,7 @@ from alexnet.parallel.placement import place
 from alexnet.runtime import amp_dtype, apply_memory_cap, git_commit, hardware, resolve_device
 from alexnet.step import make_step
 
-__all__ = ["Run", "setup", "snapshot", "open_data"]
+__all__ = ["Run", "setup", "snapshot"]
 
 
 class Run:
@@ -95,12 +96,19 @@ class Run:
             f"no checkpoint was saved yet in {self.run_dir}"
 
     def evaluate(self, split, crops: int, title: str) -> dict:
-        """Top-1/top-5 error on `split`, each image counted once, the same dict on every process."""
+        """Top-1/top-5 error on `split`, each image counted once, the same dict on every process; its
+        loader workers start on first use and stay for the next evaluation."""
+        if id(split) not in self.feeders:
+            part = self.placement.eval_part(split)
+            workers = None if self.cfg.loader_workers is None else min(self.cfg.loader_workers, 4)
+            self.feeders[id(split)] = (part, Feeder(part, self.cfg.eval_batch_size, device=self.device,
+                                                    workers=workers))
+        part, feeder = self.feeders[id(split)]
         return self.placement.evaluate(
-            split, self.mean, self.cfg.crop, crops, device=self.device, amp_dtype=self.amp,
+            part, self.mean, self.cfg.crop, crops, device=self.device, amp_dtype=self.amp,
             channels_last=self.channels_last, input_scales=input_scale(self.augment.pca_form),
             batch_size=self.cfg.eval_batch_size, progress=title if self.cfg.progress and self.dist.is_main else None,
-            should_stop=self.stop_requested)
+            should_stop=self.stop_requested, feeder=feeder)
 
     def progress_bar(self, total: int, title: str, initial: int):
         if not (self.cfg.progress and self.dist.is_main):
@@ -111,6 +119,8 @@ class Run:
                     mininterval=1.0)
 
     def close(self) -> None:
+        for feeder in [self.train_feeder] + [f for _, f in self.feeders.values()]:
+            feeder.close()
         self.dist.cleanup()
 
 
@@ -164,8 +174,10 @@ def _setup(cfg: TrainConfig, log, stop, given, dist: DistributedContext) -> Run:
     devices = _devices(cfg, dist)
     device = devices[0]                          # where batches are read and augmented
     _backends(cfg, device, devices, log)
-    data = open_data(cfg, run_dir, log, dist)
-    train_split, val_split, test_split, val_name, test_name = split_train_val(data, cfg)
+    data = open_prepared(cfg.data, run_dir / "data", cfg.image_size, cfg.crop, workers=cfg.workers,
+                         skip_bad=cfg.skip_bad, progress=cfg.progress, writer=dist.is_main, log=log)
+    train_split, val_split, test_split, val_name, test_name = split_train_val(
+        data, cfg.data, cfg.val_split, cfg.val_fraction, cfg.test_split)
     classes, class_names = list(data.classes), list(data.class_names)
     if resume is not None and resume["classes"] != classes:
         raise DataError(cfg.data, f"its classes differ from those of the run being resumed ({run_dir / 'last.pt'})")
@@ -199,7 +211,10 @@ def _setup(cfg: TrainConfig, log, stop, given, dist: DistributedContext) -> Run:
               test_name=test_name, classes=classes, class_names=class_names, mean=mean, placement=placement,
               optimizer=optimizer, schedule=schedule, augment=augment, generators=generators, step=step, amp=amp,
               channels_last=channels_last, global_batch=global_batch, local_batch=local_batch,
-              shard=placement.loader_shard, loader_options={}, options_used=options_used, recipe=recipe,
+              shard=placement.loader_shard, options_used=options_used, recipe=recipe, feeders={},
+              train_feeder=Feeder(train_split, global_batch, shuffle=True, seed=cfg.seed, drop_last=True,
+                                  device=device, rank=placement.loader_shard[0], world_size=placement.loader_shard[1],
+                                  workers=cfg.loader_workers, decode=cfg.decode),
               keeper=CheckpointKeeper(run_dir, cfg.keep_checkpoints), epoch=0, batch=0, global_step=0,
               best_error=float("inf"), batches_per_epoch=len(train_split) // global_batch,
               compiled=compile_, graphs=graphs)
@@ -253,52 +268,6 @@ def _backends(cfg: TrainConfig, device: torch.device, devices: list[torch.device
         caps = apply_memory_cap(cfg.memory_cap_gb, devices)
         log("memory cap: " + (", ".join(f"{c['device']} {cfg.memory_cap_gb:g} GiB (fraction {c['fraction']:.4f})"
                                         for c in caps) or "ignored (not on CUDA)"))
-
-
-def open_data(cfg: TrainConfig, run_dir: Path, log, dist: DistributedContext) -> PreparedData:
-    """An `alexnet prepare` folder; image folders are prepared once, by rank 0, into RUN/data (the
-    other processes wait for it on the file system, not in a collective whose timeout would end
-    the run)."""
-    from alexnet.data.prepare import prepare
-
-    src = Path(cfg.data)
-    if not src.exists():
-        raise DataError(src, "no such file or directory")
-    if is_prepared(src):
-        data = PreparedData.open(src)
-    else:
-        out = run_dir / "data"
-        if dist.is_main:
-            log(f"preparing {src} -> {out} ({cfg.image_size}x{cfg.image_size}); resumes if interrupted")
-            prepare(src, out, size=cfg.image_size, workers=cfg.workers, skip_bad=cfg.skip_bad, progress=cfg.progress)
-        while not is_prepared(out):
-            time.sleep(2.0)
-        data = PreparedData.open(out)
-    if data.size < cfg.crop:
-        raise DataError(src, f"prepared images are {data.size}x{data.size}, smaller than the {cfg.crop} crop")
-    return data
-
-
-def split_train_val(data: PreparedData, cfg: TrainConfig):
-    """(train, val, test, val_name, test_name): a fixed held-out part of train when there is no val."""
-    names = list(data.splits)
-    if "train" not in names:
-        raise DataError(cfg.data, f"no 'train' split (found: {', '.join(names) or 'none'})")
-    train = data.split("train")
-    val_name = cfg.val_split or ("val" if "val" in names else None)
-    if val_name is not None:
-        if val_name not in names:
-            raise DataError(cfg.data, f"no {val_name!r} split (found: {', '.join(names)})")
-        val = data.split(val_name)
-    else:   # seed-independent, so runs with different seeds validate on the same images
-        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(12345))
-        n_val = max(1, int(round(len(train) * cfg.val_fraction)))
-        val, train = train.subset(perm[:n_val].sort().values), train.subset(perm[n_val:].sort().values)
-        val_name = f"train[held-out {cfg.val_fraction:g}]"
-    test_name = cfg.test_split or ("test" if "test" in names else None)
-    if test_name is not None and test_name not in names:
-        raise DataError(cfg.data, f"no {test_name!r} split (found: {', '.join(names)})")
-    return train, val, data.split(test_name) if test_name else None, val_name, test_name
 
 
 def _network(cfg: TrainConfig, num_classes: int, resume: dict | None, log):

@@ -20,7 +20,6 @@ import torch
 
 from alexnet.checkpoint import CheckpointKeeper
 from alexnet.config import TrainConfig
-from alexnet.data.loader import BatchLoader
 from alexnet.errors import Interrupted, TrainingDiverged
 from alexnet.evaluate import evaluate_split
 from alexnet.optim import drop_learning_rate
@@ -87,9 +86,7 @@ def train_one_epoch(run: Run, epoch: int, stall: _Stall) -> bool:
     """Train `epoch` from `run.batch` on; True if it ran to its end, False if a signal stopped it
     (after saving). Checkpoints within the epoch every --checkpoint-steps / --checkpoint-minutes."""
     cfg, step, stats = run.cfg, run.step, run.epoch_stats
-    loader = BatchLoader(run.train_split, run.global_batch, shuffle=True, seed=cfg.seed, epoch=epoch,
-                         start_batch=run.batch, drop_last=True, device=run.device, rank=run.shard[0],
-                         world_size=run.shard[1], **run.loader_options)
+    loader = run.train_feeder.epoch(epoch, run.batch)
     run.placement.net.train()
     step.reset_sums(stats["loss_sum"], stats["miss_sum"])
     bar = run.progress_bar(loader.batches_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", run.batch)

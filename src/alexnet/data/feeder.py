@@ -33,6 +33,7 @@ from collections import deque
 import numpy as np
 import torch
 
+from alexnet.data.inprocess import InProcessLoader
 from alexnet.data.order import epoch_shards, num_batches
 from alexnet.data.ring import Ring, SlotLayout
 from alexnet.data.workers import WorkerPool, default_workers
@@ -133,11 +134,9 @@ class Feeder:
         if self.closed:
             raise RuntimeError("this Feeder is closed")
         if self.workers == 0:
-            from alexnet.data.loader import BatchLoader
-
-            return BatchLoader(self.split, self.batch_size, shuffle=self.shuffle, seed=self.seed, epoch=epoch,
-                               start_batch=start_batch, drop_last=self.drop_last, device=self.device, rank=self.rank,
-                               world_size=self.world_size, prefetch=self.prefetch, workers=0)
+            return InProcessLoader(self.split, self.batch_size, shuffle=self.shuffle, seed=self.seed, epoch=epoch,
+                                   start_batch=start_batch, drop_last=self.drop_last, device=self.device,
+                                   rank=self.rank, world_size=self.world_size, prefetch=self.prefetch, workers=0)
         return EpochBatches(self, int(epoch), int(start_batch))
 
     def close(self) -> None:

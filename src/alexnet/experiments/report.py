@@ -67,30 +67,7 @@ img{max-width:100%;border:1px solid #eee;margin:6px 0}.note{color:#666;font-size
 """
 
 
-def build_report(run: str | Path, out: str | Path | None = None, data: str | None = None, device: str = "cpu",
-                 neighbours_max_train: int | None = 10000, log=print) -> Path:
-    from alexnet.checkpoint import load_checkpoint, model_from_checkpoint
-    from alexnet.experiments.figures import (curves_figure, kernels_figure, nearest_neighbours, neighbours_figure,
-                                 open_data, predictions, predictions_figure)
-    from alexnet.runtime import resolve_device
-
-    run = Path(run)
-    if not (run / "config.json").exists():
-        raise DataError(run, "not a run directory (no config.json)")
-    config = json.loads((run / "config.json").read_text())
-    cfg = config.get("config", {})
-    metrics = []
-    if (run / "metrics.jsonl").exists():
-        metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    test = json.loads((run / "test.json").read_text()) if (run / "test.json").exists() else {}
-    ckpt_path = next((p for p in (run / "best.pt", run / "last.pt") if p.exists()), None)
-
-    arch = f"{cfg.get('arch')} {json.dumps(cfg.get('arch_options', {}))}"
-    parts = [f"<h1>{html.escape(run.name)}</h1>",
-             f"<p class='sub'>{html.escape(arch)} &middot; alexnet {html.escape(str(config.get('alexnet')))} "
-             f"&middot; {html.escape(str(run.resolve()))}</p>"]
-
-    # Headline numbers
+def _headline(metrics: list, test: dict) -> list[str]:
     kpis = []
     if metrics:
         last = metrics[-1]
@@ -102,60 +79,91 @@ def build_report(run: str | Path, out: str | Path | None = None, data: str | Non
     for key, value in test.items():
         if key.startswith("test_") and isinstance(value, dict):
             kpis.append((f"test top-1, {value.get('crops')} crop(s)", f"{100 * value['top1_error']:.2f}%"))
-    parts.append("".join(f"<div class='kpi'><b>{html.escape(v)}</b>{html.escape(k)}</div>" for k, v in kpis))
+    return ["".join(f"<div class='kpi'><b>{html.escape(v)}</b>{html.escape(k)}</div>" for k, v in kpis)]
 
-    parts.append("<h2>Training curves</h2>")
-    if metrics:
-        parts.append(_img(curves_figure(metrics), "training curves"))
-        parts.append(_table([(m["epoch"], f"{m['train_loss']:.4f}", f"{100 * m['train_top1_error']:.2f}",
-                              f"{100 * m['val_top1_error']:.2f}", f"{100 * m['val_top5_error']:.2f}", f"{m['lr']:g}",
-                              f"{m['seconds']:.1f}", f"{m['images_per_second']:,.0f}") for m in metrics],
-                             ("epoch", "train loss", "train top-1 %", "val top-1 %", "val top-5 %", "lr", "s",
-                              "img/s")))
-    else:
-        parts.append("<p class='note'>no metrics.jsonl yet</p>")
 
-    model = ckpt = None
-    if ckpt_path is not None:
-        ckpt = load_checkpoint(ckpt_path)
-        model = model_from_checkpoint(ckpt).eval()
-        parts.append(f"<h2>Figure 3: conv1 kernels</h2><p class='note'>{html.escape(ckpt_path.name)}, epoch "
-                     f"{ckpt.get('epoch')}, step {ckpt.get('global_step')}. Colour specificity: the share of each "
-                     "kernel's energy outside the grey (1,1,1) direction, averaged over a column (0 grey, 1 purely "
-                     "chromatic, ~0.67 for random weights). The paper: column 1 colour-agnostic, column 2 "
-                     "colour-specific.</p>")
-        png, rep = kernels_figure(model)
-        parts.append(_img(png, "conv1 kernels"))
-        parts.append(_table([(c["column"], c["kernels"], f"{c['colour_specificity']:.3f}",
-                              f"{c['colour_specificity_sd']:.3f}", c["colour_specific_kernels"])
-                             for c in rep["columns"]],
-                            ("column", "kernels", "colour specificity (mean)", "sd", "kernels above 0.5")))
-    else:
-        parts.append("<h2>Figure 3: conv1 kernels</h2><p class='note'>no checkpoint in the run</p>")
+def _curves(metrics: list) -> list[str]:
+    from alexnet.experiments.figures import curves_figure
 
-    parts.append("<h2>Figure 4: predictions and nearest neighbours</h2>")
+    if not metrics:
+        return ["<h2>Training curves</h2>", "<p class='note'>no metrics.jsonl yet</p>"]
+    return ["<h2>Training curves</h2>", _img(curves_figure(metrics), "training curves"),
+            _table([(m["epoch"], f"{m['train_loss']:.4f}", f"{100 * m['train_top1_error']:.2f}",
+                     f"{100 * m['val_top1_error']:.2f}", f"{100 * m['val_top5_error']:.2f}", f"{m['lr']:g}",
+                     f"{m['seconds']:.1f}", f"{m['images_per_second']:,.0f}") for m in metrics],
+                   ("epoch", "train loss", "train top-1 %", "val top-1 %", "val top-5 %", "lr", "s", "img/s"))]
+
+
+def _kernels(ckpt_path):
+    """(model, checkpoint, Figure 3's section)."""
+    from alexnet.checkpoint import load_checkpoint, model_from_checkpoint
+    from alexnet.experiments.figures import kernels_figure
+
+    if ckpt_path is None:
+        return None, None, ["<h2>Figure 3: conv1 kernels</h2><p class='note'>no checkpoint in the run</p>"]
+    ckpt = load_checkpoint(ckpt_path)
+    model = model_from_checkpoint(ckpt).eval()
+    png, rep = kernels_figure(model)
+    return model, ckpt, [
+        f"<h2>Figure 3: conv1 kernels</h2><p class='note'>{html.escape(ckpt_path.name)}, epoch "
+        f"{ckpt.get('epoch')}, step {ckpt.get('global_step')}. Colour specificity: the share of each "
+        "kernel's energy outside the grey (1,1,1) direction, averaged over a column (0 grey, 1 purely "
+        "chromatic, ~0.67 for random weights). The paper: column 1 colour-agnostic, column 2 "
+        "colour-specific.</p>", _img(png, "conv1 kernels"),
+        _table([(c["column"], c["kernels"], f"{c['colour_specificity']:.3f}", f"{c['colour_specificity_sd']:.3f}",
+                 c["colour_specific_kernels"]) for c in rep["columns"]],
+               ("column", "kernels", "colour specificity (mean)", "sd", "kernels above 0.5"))]
+
+
+def _figure4(run, config, data, model, ckpt, device, neighbours_max_train) -> list[str]:
+    from alexnet.experiments.figures import nearest_neighbours, neighbours_figure, open_data, predictions, \
+        predictions_figure
+    from alexnet.runtime import resolve_device
+
+    parts = ["<h2>Figure 4: predictions and nearest neighbours</h2>"]
     where, why = _data_for(run, config, data)
     if model is None:
-        parts.append("<p class='note'>no checkpoint in the run</p>")
-    elif where is None:
-        parts.append(f"<p class='note'>{html.escape(why)}</p>")
-    else:
-        dev = resolve_device(device)
-        with open_data(where, ckpt["image_size"]) as prepared:
-            preds = predictions(model, ckpt, prepared, n=8, device=dev)
-            parts.append(f"<p class='note'>{len(preds)} random images of the {html.escape(preds[0]['split'])} split "
-                         f"of {html.escape(str(where))}, ten-crop softmax; the true class's bar is red.</p>")
-            parts.append(_img(predictions_figure(preds), "top-5 predictions"))
-            if "train" in prepared.splits:
-                nn_result = nearest_neighbours(model, ckpt, prepared, queries=5, max_train=neighbours_max_train,
-                                               device=dev)
-                parts.append(f"<p class='note'>Each row: a {html.escape(nn_result['split'])} image and the six "
-                             f"training images nearest to it in Euclidean distance of the "
-                             f"{nn_result['dimensions']}-d last hidden layer (fc7), searched among "
-                             f"{nn_result['searched']:,} of {nn_result['train_images']:,} training images; "
-                             "a red caption marks another class.</p>")
-                parts.append(_img(neighbours_figure(nn_result), "nearest neighbours"))
+        return parts + ["<p class='note'>no checkpoint in the run</p>"]
+    if where is None:
+        return parts + [f"<p class='note'>{html.escape(why)}</p>"]
+    dev = resolve_device(device)
+    with open_data(where, ckpt["image_size"]) as prepared:
+        preds = predictions(model, ckpt, prepared, n=8, device=dev)
+        parts.append(f"<p class='note'>{len(preds)} random images of the {html.escape(preds[0]['split'])} split "
+                     f"of {html.escape(str(where))}, ten-crop softmax; the true class's bar is red.</p>")
+        parts.append(_img(predictions_figure(preds), "top-5 predictions"))
+        if "train" in prepared.splits:
+            nn_result = nearest_neighbours(model, ckpt, prepared, queries=5, max_train=neighbours_max_train,
+                                           device=dev)
+            parts.append(f"<p class='note'>Each row: a {html.escape(nn_result['split'])} image and the six "
+                         f"training images nearest to it in Euclidean distance of the "
+                         f"{nn_result['dimensions']}-d last hidden layer (fc7), searched among "
+                         f"{nn_result['searched']:,} of {nn_result['train_images']:,} training images; "
+                         "a red caption marks another class.</p>")
+            parts.append(_img(neighbours_figure(nn_result), "nearest neighbours"))
+    return parts
 
+
+def build_report(run: str | Path, out: str | Path | None = None, data: str | None = None, device: str = "cpu",
+                 neighbours_max_train: int | None = 10000, log=print) -> Path:
+    run = Path(run)
+    if not (run / "config.json").exists():
+        raise DataError(run, "not a run directory (no config.json)")
+    config = json.loads((run / "config.json").read_text())
+    cfg = config.get("config", {})
+    metrics = []
+    if (run / "metrics.jsonl").exists():
+        metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    test = json.loads((run / "test.json").read_text()) if (run / "test.json").exists() else {}
+    ckpt_path = next((p for p in (run / "best.pt", run / "last.pt") if p.exists()), None)
+    arch = f"{cfg.get('arch')} {json.dumps(cfg.get('arch_options', {}))}"
+    parts = [f"<h1>{html.escape(run.name)}</h1>",
+             f"<p class='sub'>{html.escape(arch)} &middot; alexnet {html.escape(str(config.get('alexnet')))} "
+             f"&middot; {html.escape(str(run.resolve()))}</p>"]
+    parts += _headline(metrics, test) + _curves(metrics)
+    log("report: figures of the checkpoint ...")
+    model, ckpt, figure3 = _kernels(ckpt_path)
+    parts += figure3 + _figure4(run, config, data, model, ckpt, device, neighbours_max_train)
     parts.append("<h2>Configuration</h2>")
     parts.append(_table([(k, _fmt(v)) for k, v in cfg.items()], ("option", "value")))
     parts.append("<h2>Data</h2>")
@@ -165,7 +173,6 @@ def build_report(run: str | Path, out: str | Path | None = None, data: str | Non
     if test:
         parts.append("<h2>Test</h2>")
         parts.append(_table([(k, _fmt(v)) for k, v in test.items() if k != "last"], ("", "")))
-
     page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(run.name)} - alexnet "
             f"report</title><style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
     out = Path(out) if out else run / "report.html"

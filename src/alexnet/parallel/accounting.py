@@ -163,7 +163,25 @@ def column_accounting(model_or_config=None, batch: int = 128, input_size: int = 
            "per_device": [_device(total_params, B * whole_act, B * image, b, 0)],
            "comm": _comm(0, 0, 0, 0), "exchanges": []}
 
-    # Two columns -------------------------------------------------------------------------------
+    columns = _columns(cfg, z, layer, B, b, image)
+    dp = _data_parallel(total_params, whole_act, B, b, N, image)
+    hybrid = _hybrid(cfg, z, conv_params, B, b, N, image, classes)
+
+    return {
+        "batch": B, "input_size": input_size, "dtype_bytes": b, "workers": N, "options": asdict(cfg),
+        "params": total_params, "param_bytes": total_params * b,
+        "one_device": one, "columns": columns, "data_parallel": dp, "hybrid": hybrid,
+        "notes": {
+            "bytes_per_step": "forward + backward + gradient-sync bytes sent, summed over devices",
+            "activation_bytes": "estimate: each distinct forward tensor a backward needs, once (module doc)",
+            "optimizer_state_bytes": "PaperSGD: one velocity per parameter",
+            "fc8": "whole on column 0 in both recipes (the 2012 code's placement)",
+        },
+    }
+
+
+def _columns(cfg, z, layer: dict, B: int, b: int, image: int) -> dict:
+    """The paper's split: what each column sends into each exchange point, and what it holds."""
     # Per image, what each column sends into each exchange point (the gradient comes back).
     half_conv = 128 * z["pool2"] ** 2
     half_pool5 = 128 * z["pool5"] ** 2
@@ -193,7 +211,10 @@ def column_accounting(model_or_config=None, batch: int = 128, input_size: int = 
                "per_device": [_device(col_params[i], col_act[i], B * image, b, i) for i in range(2)],
                "comm": _comm(fwd, fwd, 0, sent), "exchanges": exchanges}
 
-    # Data parallel -----------------------------------------------------------------------------
+    return columns
+
+
+def _data_parallel(total_params: int, whole_act: float, B: int, b: int, N: int, image: int) -> dict:
     local = math.ceil(B / N)
     ring = 2 * (N - 1) / N * total_params * b
     dp = {"devices": N,
@@ -202,7 +223,12 @@ def column_accounting(model_or_config=None, batch: int = 128, input_size: int = 
           "comm": _comm(0, 0, N * ring, ring), "exchanges": [],
           "allreduce_payload_bytes": total_params * b, "ring_factor": 2 * (N - 1) / N}
 
-    # Hybrid (2014) -----------------------------------------------------------------------------
+    return dp
+
+
+def _hybrid(cfg, z, conv_params: int, B: int, b: int, N: int, image: int, classes: int) -> dict:
+    """Krizhevsky 2014: conv layers data-parallel, fc layers model-parallel."""
+    local = math.ceil(B / N)
     fc_share = sum(math.ceil(out / N) * (inp + 1) for out, inp in ((4096, 9216), (4096, 4096), (classes, 4096)))
     hybrid_params = conv_params + fc_share
     width = math.ceil(4096 / N) / 4096
@@ -225,18 +251,7 @@ def column_accounting(model_or_config=None, batch: int = 128, input_size: int = 
               "per_device": [_device(hybrid_params, hyb_act, local * image, b, i) for i in range(N)],
               "comm": _comm(hyb_fwd, hyb_bwd, N * conv_ring, (hyb_fwd + hyb_bwd) / N + conv_ring),
               "exchanges": hyb_exchanges, "allreduce_payload_bytes": conv_params * b}
-
-    return {
-        "batch": B, "input_size": input_size, "dtype_bytes": b, "workers": N, "options": asdict(cfg),
-        "params": total_params, "param_bytes": total_params * b,
-        "one_device": one, "columns": columns, "data_parallel": dp, "hybrid": hybrid,
-        "notes": {
-            "bytes_per_step": "forward + backward + gradient-sync bytes sent, summed over devices",
-            "activation_bytes": "estimate: each distinct forward tensor a backward needs, once (module doc)",
-            "optimizer_state_bytes": "PaperSGD: one velocity per parameter",
-            "fc8": "whole on column 0 in both recipes (the 2012 code's placement)",
-        },
-    }
+    return hybrid
 
 
 def format_accounting(acc: dict) -> str:

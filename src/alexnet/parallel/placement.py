@@ -110,19 +110,24 @@ class Placement:
             return self.model.loss(logits, labels, lambda o, t: F.cross_entropy(o.float(), t))
         return F.cross_entropy(logits.float(), labels.to(logits.device))
 
-    def evaluate(self, split, mean: torch.Tensor, crop: int, crops: int, **options) -> dict:
-        """Top-1/top-5 error on `split`, each image counted once, the same dict on every process.
-        DDP: each rank evaluates a contiguous part (no padding; a part may be empty) and the counts
-        are summed. One column per process: both ranks run every batch (the forward pass is
-        collective) and rank 0's result is shared. `options`: those of `evaluate_split`."""
+    def eval_part(self, split):
+        """The part of `split` this process evaluates: under DDP a contiguous share (no padding, no
+        image twice; a share may be empty), else all of it."""
+        if self.kind != "ddp":
+            return split
+        lo, hi = shard_bounds(len(split), self.dist.rank, self.dist.world_size)
+        return split.subset(torch.arange(lo, hi))
+
+    def evaluate(self, part, mean: torch.Tensor, crop: int, crops: int, **options) -> dict:
+        """Top-1/top-5 error of `eval_part(split)`, each image counted once, the same dict on every
+        process: DDP sums the counts; one column per process runs every batch on both ranks (the
+        forward pass is collective) and shares rank 0's result. `options`: those of `evaluate_split`."""
         if self.kind == "ddp":
-            lo, hi = shard_bounds(len(split), self.dist.rank, self.dist.world_size)
-            return evaluate_split(unwrap(self.model), split.subset(torch.arange(lo, hi)), mean, crop, crops,
-                                  sum_=self.dist.sum_, **options)
+            return evaluate_split(unwrap(self.model), part, mean, crop, crops, sum_=self.dist.sum_, **options)
         if self.kind == "columns-distributed":
-            result = evaluate_split(_RootLogits(self.model), split, mean, crop, crops, **options)
+            result = evaluate_split(_RootLogits(self.model), part, mean, crop, crops, **options)
             return self.dist.broadcast_object(result)
-        return evaluate_split(self.model, split, mean, crop, crops, **options)
+        return evaluate_split(self.model, part, mean, crop, crops, **options)
 
     # -- checkpoints in the grouped form --------------------------------------------------------
     def _grouped_names(self) -> list[list[str]]:
