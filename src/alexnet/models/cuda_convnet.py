@@ -142,9 +142,9 @@ class GroupedLinear(nn.Linear):
         if self.groups == 1:
             return F.linear(x, self.weight, self.bias)
         n, g = x.shape[0], self.groups
-        w = self.weight.view(g, -1, self.in_features)                              # (G, O, I)
-        out = torch.einsum("ngi,goi->ngo", x.view(n, g, self.in_features), w)     # (N, G, O)
-        return out.reshape(n, self.out_features) + self.bias
+        w = self.weight.view(g, -1, self.in_features).transpose(1, 2)             # (G, I, O)
+        out = torch.bmm(x.view(n, g, self.in_features).transpose(0, 1), w)       # (G, N, O)
+        return out.transpose(0, 1).reshape(n, self.out_features) + self.bias
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", groups={self.groups}"
