@@ -5,11 +5,22 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from alexnet.layers import LocallyConnected
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These small ops are fastest on one thread, and on a shared machine two threads can be 50x
+    slower (OpenMP waits on cores other jobs hold)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 # ============================================================================ locally connected layer
 
@@ -211,3 +222,237 @@ def test_replicas_are_independent_copies_of_the_single_net(arch):
             torch.testing.assert_close(replica_slice(big.weight.grad, name, r, 2),
                                        replica_slice(layer.weight.grad, name, 0, 1))
             torch.testing.assert_close(replica_bias(big.bias.grad, r, 2), layer.bias.grad)
+
+
+# ============================================================================ the recipe
+
+from alexnet.experiments.cifar_normalisation_trainer import (  # noqa: E402
+    DeviceData, Trainer, data_batches, minibatch_table, param_groups, run_schedule, schedule)
+
+
+def small_data(n_train=40, n_test=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return DeviceData(torch.randint(0, 256, (n_train, 3, 32, 32), dtype=torch.uint8, generator=g),
+                      torch.randint(0, 10, (n_train,), generator=g),
+                      torch.randint(0, 256, (n_test, 3, 32, 32), dtype=torch.uint8, generator=g),
+                      torch.randint(0, 10, (n_test,), generator=g),
+                      torch.rand(3, 32, 32, generator=g) * 80 + 80, 10, "cpu")
+
+
+def small_trainer(arch="cuda-convnet-13pct", seeds=(0,), data=None, batch=8, dtype=torch.float64, **kw):
+    from alexnet.models import build_model
+
+    model = build_model(arch, replicas=len(seeds), init_seeds=tuple(seeds)).to(dtype)
+    return Trainer(model, data or small_data(), list(seeds), batch, **kw)
+
+
+def test_parameter_groups_are_the_layer_params_files():
+    from alexnet.models import build_model
+
+    for arch, fc10_wc in (("cuda-convnet-11pct", 0.01), ("cuda-convnet-13pct", 0.004)):
+        groups = param_groups(build_model(arch))
+        got = {n: (g["lr"], g["momentum"], g["weight_decay"]) for g in groups for n in g["names"]}
+        assert got["conv1.weight"] == (0.001, 0.9, 0.0) and got["conv2.weight"] == (0.001, 0.9, 0.0)
+        assert got["local3.weight"] == got["local4.weight"] == (0.001, 0.9, 0.004)
+        assert got["fc10.weight"] == (0.001, 0.9, fc10_wc)
+        for layer in ("conv1", "conv2", "local3", "local4", "fc10"):
+            assert got[f"{layer}.bias"] == (0.002, 0.9, 0.0)           # epsB, no decay on biases
+        assert len(got) == 10
+    lowered = {n: g["lr"] for g in param_groups(build_model("cuda-convnet-11pct"), 0.1, 1.0) for n in g["names"]}
+    assert lowered["fc10.weight"] == pytest.approx(1e-4) and lowered["fc10.bias"] == 0.002
+
+
+def test_one_step_is_cuda_convnets_update_on_the_minibatch_mean():
+    """Two trainer steps against Weights::update by hand: inc = mom*inc - eps*dL/dw - wc*eps*w,
+    w += inc, with L the mean log loss over the minibatch's *valid* images (the padded last
+    minibatch of a data batch: its 3 images, not 8)."""
+    trainer = small_trainer("cuda-convnet-11pct", batch=8)
+    index = np.array([[3, 1, 4, 1, 5, 9, 2, 6], [7, 8, 2, 0, 0, 0, 0, 0]])
+    valid = np.array([[1.0] * 8, [1.0] * 3 + [0.0] * 5], dtype=np.float32)
+    trainer.set_phase(index, valid, 1.0, 1.0)
+    ref = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    inc = {n: torch.zeros_like(p) for n, p in ref.items()}
+    trainer.pos.zero_()
+    for step in range(2):
+        state = trainer.gen.get_state()
+        trainer.step()
+        # the hand computation, on the same views (same random draws)
+        trainer.gen.set_state(state)
+        keep = int(valid[step].sum())
+        idx = torch.from_numpy(index[step])
+        x = trainer.views(trainer.data.train[idx]).double()[:keep]
+        net = small_trainer("cuda-convnet-11pct").model
+        net.load_state_dict(ref)
+        loss = F.cross_entropy(net(x), trainer.data.train_labels[idx][:keep])
+        grads = dict(zip(ref, torch.autograd.grad(loss, list(net.parameters()))))
+        for name in ref:
+            layer, kind = name.split(".")
+            p = trainer.model.layer_params[layer]
+            eps, mom, wc = (p.eps_w, p.mom_w, p.wc) if kind == "weight" else (p.eps_b, p.mom_b, 0.0)
+            inc[name] = mom * inc[name] - eps * grads[name] - wc * eps * ref[name]
+            ref[name] = ref[name] + inc[name]
+        for name, param in trainer.model.named_parameters():
+            torch.testing.assert_close(param.detach(), ref[name], rtol=1e-9, atol=1e-12)
+
+
+def test_training_views_crop_flip_and_centre_mean():
+    """cuda-convnet: a random 24x24 window, mirrored or not, minus the mean's centre window."""
+    from alexnet.data.augment import sample_params
+
+    trainer = small_trainer()
+    images = trainer.data.train[:16]
+    state = trainer.gen.get_state()
+    views = trainer.views(images)
+    trainer.gen.set_state(state)
+    p = sample_params(16, 32, trainer.aug, trainer.gen)
+    centre = trainer.data.mean[:, 4:28, 4:28]
+    assert 0 <= int(p.oy.min()) and int(p.oy.max()) <= 8 and p.flip.any() and not p.flip.all()
+    for i in range(16):
+        y, x = int(p.oy[i]), int(p.ox[i])
+        crop = images[i, :, y:y + 24, x:x + 24].float()
+        if p.flip[i]:
+            crop = crop.flip(-1)
+        torch.testing.assert_close(views[i], (crop - centre).double())
+
+
+def explicit_ten_views(images, mean, window):
+    """The 10 views of cuda-convnet's multiview test, spelled out: 4 corners and the centre of the
+    32x32 image, and each of them mirrored; the mean's centre window (or the view's own) subtracted."""
+    out = []
+    for y, x in ((0, 0), (0, 8), (4, 4), (8, 0), (8, 8)):
+        for flip in (False, True):
+            crop = images[:, :, y:y + 24, x:x + 24].double()
+            m = (mean[:, 4:28, 4:28] if window == "centre" else mean[:, y:y + 24, x:x + 24]).double()
+            view = crop.flip(-1) - m if window == "centre" else (crop - m).flip(-1)
+            out.append(view if flip else crop - m)
+    return out
+
+
+@pytest.mark.parametrize("window", ["centre", "same"])
+def test_multiview_test_averages_ten_explicit_views(window):
+    trainer = small_trainer(seeds=(0, 1), mean_window=window)
+    with torch.no_grad():                 # larger weights, so that views give different answers
+        for p in trainer.model.parameters():
+            p.normal_(0, 0.01)
+    images = trainer.data.test
+    probs = trainer.probabilities(images, 10)                              # (N, R, 10)
+    views = explicit_ten_views(images, trainer.data.mean, window)
+    trainer.model.eval()
+    with torch.no_grad():
+        each = [trainer.model(v.double().repeat(1, 2, 1, 1)).view(len(images), 2, 10).softmax(-1) for v in views]
+    torch.testing.assert_close(probs, torch.stack(each).mean(0))
+    assert (each[0] - each[1]).abs().max() > 1e-4 and (probs - each[0]).abs().max() > 1e-4
+    centre = trainer.model(views[4].double().repeat(1, 2, 1, 1)).view(len(images), 2, 10).softmax(-1)
+    torch.testing.assert_close(trainer.probabilities(images, 1), centre)
+    score = trainer.score(images, trainer.data.test_labels, 10)
+    want = (probs.argmax(-1) != trainer.data.test_labels[:, None]).double().mean(0)
+    assert score["error"] == pytest.approx(want.tolist())
+
+
+def test_data_batches_and_cuda_convnets_minibatches():
+    batches = data_batches(50_000)
+    assert [len(b) for b in batches] == [10_000] * 5
+    assert len(np.unique(np.concatenate(batches))) == 50_000
+    index, valid = minibatch_table(batches[:4], 128)
+    assert index.shape == (316, 128)                      # 4 x (78 full + one of 16)
+    sizes = valid.sum(1)
+    assert (sizes[78::79] == 16).all() and (np.delete(sizes, np.s_[78::79]) == 128).all()
+    used = index[valid > 0]
+    assert sorted(used.tolist()) == sorted(np.concatenate(batches[:4]).tolist())
+    assert not np.isin(used, batches[4]).any()            # batch 5 held out
+
+
+def test_schedules_of_the_two_files():
+    s11, s13 = schedule("11pct"), schedule("13pct")
+    assert [p.epochs for p in s11] == [350, 150, 10, 10] and [p.epochs for p in s13] == [100, 40, 10, 10]
+    for s in (s11, s13):
+        assert [p.batches for p in s] == [4, 5, 5, 5]
+        assert [p.eps_w for p in s] == [1.0, 1.0, 0.1, 0.01]
+        assert [p.eps_b for p in s] == [1.0] * 4            # the files lower epsW only
+    assert [p.eps_b for p in schedule("11pct", drop_eps_b=True)] == [1.0, 1.0, 0.1, 0.01]
+    assert all(p.epochs >= 1 for p in schedule("11pct", short=True)) and len(schedule("13pct", short=True)) == 4
+    from alexnet.experiments.cifar_normalisation import CifarNormConfig, steps_of
+
+    cfg = CifarNormConfig(data="-")
+    assert steps_of("cuda-convnet-11pct", cfg, 50_000) == (520, 350 * 316 + 170 * 395)
+    assert steps_of("cuda-convnet-13pct", cfg, 50_000) == (160, 100 * 316 + 60 * 395)
+
+
+def test_run_schedule_phases_use_their_data_and_rates():
+    trainer = small_trainer(seeds=(0, 1), dtype=torch.float32)
+    run = run_schedule(trainer, schedule("11pct", short=True), eval_every=1, log=lambda m: None)
+    ph = run["phases"]
+    assert [p["images"] for p in ph] == [32, 40, 40, 40] and [p["steps_per_epoch"] for p in ph] == [4, 5, 5, 5]
+    assert [p["lr"]["conv2.weight"] for p in ph] == pytest.approx([1e-3, 1e-3, 1e-4, 1e-5])
+    assert [p["lr"]["conv2.bias"] for p in ph] == [0.002] * 4
+    assert run["steps"] == 2 * 4 + 3 * 5
+    assert len(run["held_out"]) == 2                      # phase 1 only: batch 5 is trained on afterwards
+    assert len(run["train_loss"]) == 2 and all(len(c) == 5 for c in run["train_loss"])
+    assert all(0 < x < 5 for c in run["train_loss"] for x in c)
+
+
+# ============================================================================ the experiment
+
+
+@pytest.mark.slow
+def test_short_experiment_end_to_end(shapes, tmp_path, capsys):
+    import json
+
+    from alexnet.cli import main
+
+    out = tmp_path / "cn"
+    args = ["experiment", "cifar-normalisation", "--data", str(shapes), "--out", str(out), "--short",
+            "--nets", "cuda-convnet-11pct", "cuda-convnet-11pct-no-norm", "--seeds", "0", "1",
+            "--train-images", "60", "--test-images", "20", "--batch-size", "16", "--devices", "cpu"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert text.index("budget") < text.index("epoch 1 (batches 1-4)")        # the plan comes first
+    result = json.loads((out / "cifar_normalisation.json").read_text())
+    nets = result["nets"]
+    assert list(nets) == ["cuda-convnet-11pct", "cuda-convnet-11pct-no-norm"]
+    for net in nets.values():
+        assert list(net["per_seed"]) == ["0", "1"] and net["steps"] == 2 * 4 + 3 * 5   # 12 images per data batch
+        for v in net["per_seed"].values():
+            for key in ("test_error_1view", "test_error_10views", "train_error_eval", "train_error_running"):
+                assert 0.0 <= v[key] <= 1.0
+            assert len(v["train_loss_curve"]) == 5 and len(v["held_out_error"]) == 2
+        values = [v["test_error_10views"] for v in net["per_seed"].values()]
+        assert net["test_error_10views"]["mean"] == pytest.approx(np.mean(values))
+    a, b = (nets[n]["test_error_10views"] for n in nets)
+    diff = result["comparisons"]["cuda-convnet-11pct - cuda-convnet-11pct-no-norm"]["test_error_10views"]
+    assert diff["points"] == pytest.approx(100 * (a["mean"] - b["mean"]))
+    assert diff["se"] == pytest.approx(100 * math.sqrt(a["std"] ** 2 / 2 + b["std"] ** 2 / 2))
+    table = text[text.index("test % 10 views"):]
+    assert "11pct minus no-norm" in table and "mean+-sd" in table and " 11 " in table
+    # a second call reuses the finished runs
+    assert main(args) == 0
+    assert "reusing" in capsys.readouterr().out
+    assert json.loads((out / "cifar_normalisation.json").read_text())["nets"] == nets
+
+
+def test_user_errors_are_one_line(shapes, tmp_path, capsys):
+    from alexnet.cli import main
+    from alexnet.errors import ConfigError
+    from alexnet.experiments.cifar_normalisation import CifarNormConfig
+
+    with pytest.raises(ConfigError, match="unknown net"):
+        CifarNormConfig(data="x", nets=["cuda-convnet-18pct"])
+    with pytest.raises(ConfigError, match="seeds"):
+        CifarNormConfig(data="x", seeds=[1, 1])
+    assert main(["experiment", "cifar-normalisation", "--data", str(tmp_path / "nothing"), "--out",
+                 str(tmp_path / "o"), "--devices", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "nothing" in err and len(err.splitlines()) == 1
+    with pytest.raises(ConfigError, match="CUDA graphs"):
+        small_trainer(graph=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_graph_steps_equal_eager_steps_on_cuda(shapes, tmp_path):
+    from alexnet.experiments.cifar_normalisation import CifarNormConfig
+    from alexnet.experiments.cifar_normalisation_report import smoke
+
+    cfg = CifarNormConfig(data=str(shapes), out=str(tmp_path), seeds=[0, 1], devices=["cuda"], batch_size=16)
+    report = smoke(cfg, log=print, steps=12)
+    assert all(r["ok"] and r["captured"] for r in report.values())

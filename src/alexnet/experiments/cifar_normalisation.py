@@ -76,6 +76,8 @@ class CifarNormConfig:
             raise ConfigError(f"seeds must be distinct and at least one, not {self.seeds}")
         if self.mean_window not in ("centre", "same"):
             raise ConfigError(f"mean window must be centre or same, not {self.mean_window!r}")
+        auto = "cuda" if torch.cuda.is_available() else "cpu"
+        self.devices = [auto if d == "auto" else d for d in self.devices] or [auto]
         if self.batch_size < 1 or self.eval_every < 1:
             raise ConfigError("batch size and eval interval must be positive")
         if self.short:
@@ -173,9 +175,10 @@ def _worker(job: Job, cfg: CifarNormConfig, data_dir: str, out: str, threads: in
 
 
 def run_jobs(jobs: list[Job], cfg: CifarNormConfig, data_dir: str, out: Path) -> list[dict]:
-    """All jobs at once, one process each (jobs on one GPU share it), or in this process for one."""
-    if len(jobs) == 1:
-        return [_worker(jobs[0], cfg, data_dir, str(out), torch.get_num_threads())]
+    """GPU jobs all at once, one process each (jobs on one GPU share it); CPU jobs one after the
+    other in this process (they would only share its cores)."""
+    if len(jobs) == 1 or all(j.device == "cpu" for j in jobs):
+        return [_worker(j, cfg, data_dir, str(out), torch.get_num_threads()) for j in jobs]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 

@@ -144,13 +144,14 @@ class Trainer:
         self.model = model.to(self.dev, memory_format=self.fmt).train()
         self.data, self.r, self.b, self.amp, self.log = data, len(seeds), batch, amp_dtype, log
         self.crop = model.config.input_size
+        self.dtype = next(model.parameters()).dtype          # float32; float64 in tests
         self.mean_window, self.want_graph, self.graph, self.warm, self.replays = mean_window, graph, None, 0, 0
         self.aug = Augment(crop=self.crop, flip=True, pca_std=0.0, pca_form="paper")
         seed = int(np.random.SeedSequence([int(x) for x in seeds]).generate_state(1)[0])
         self.gen = torch.Generator(device=self.dev).manual_seed(seed)      # crops and flips
         size = data.train.shape[-1]
         o = (size - self.crop) // 2
-        self.mean_centre = data.mean[:, o:o + self.crop, o:o + self.crop].contiguous()
+        self.mean_centre = data.mean[:, o:o + self.crop, o:o + self.crop].to(self.dtype).contiguous()
         self.zero3, self.eye3 = torch.zeros(3, device=self.dev), torch.eye(3, device=self.dev)
         self.opt = PaperSGD(param_groups(model))
         # Static buffers read and written inside the step (and the graph), sized for all 5 batches.
@@ -166,8 +167,8 @@ class Trainer:
         """Random crops and flips of uint8 images (B, 3, S, S) minus the mean: (B, 3, crop, crop)."""
         p = sample_params(images.shape[0], images.shape[-1], self.aug, self.gen, self.dev)
         if self.mean_window == "same":
-            return apply_params(images, self.data.mean, self.zero3, self.eye3, self.aug, p)
-        return apply_params(images, self.zero3, self.zero3, self.eye3, self.aug, p) - self.mean_centre
+            return apply_params(images, self.data.mean, self.zero3, self.eye3, self.aug, p, self.dtype)
+        return apply_params(images, self.zero3, self.zero3, self.eye3, self.aug, p, self.dtype) - self.mean_centre
 
     def _step(self) -> None:
         r, b = self.r, self.b
@@ -178,7 +179,7 @@ class Trainer:
         x = x.view(r, b, 3, self.crop, self.crop).transpose(0, 1).reshape(b, 3 * r, self.crop, self.crop)
         with torch.autocast(self.dev.type, dtype=self.amp, enabled=self.amp is not None, cache_enabled=False):
             logits = self.model(x.contiguous(memory_format=self.fmt))         # (B, R*classes)
-        logits = logits.float().view(b, r, -1).transpose(0, 1)                # (R, B, classes)
+        logits = logits.to(self.dtype).view(b, r, -1).transpose(0, 1)         # (R, B, classes)
         ce = F.cross_entropy(logits.reshape(r * b, -1), labels.view(-1), reduction="none").view(r, b)
         count = valid.sum(1)
         # Each replica's mean log loss over its valid images: cuda-convnet scales the summed
@@ -258,12 +259,13 @@ class Trainer:
         out = []
         mean = self.data.mean if self.mean_window == "same" else self.zero3
         for part in images.split(chunk):
-            x = (center_view(part, mean, self.crop) if views == 1 else ten_views(part, mean, self.crop))
+            x = (center_view(part, mean, self.crop, self.dtype) if views == 1
+                 else ten_views(part, mean, self.crop, self.dtype))
             if self.mean_window == "centre":
                 x = x - self.mean_centre
             x = x.repeat(1, self.r, 1, 1).contiguous(memory_format=self.fmt)
             with torch.autocast(self.dev.type, dtype=self.amp, enabled=self.amp is not None):
-                logits = self.model(x).float()
+                logits = self.model(x).to(self.dtype)
             p = logits.view(part.shape[0], views, self.r, -1).softmax(-1).mean(1)
             out.append(p)
         self.model.train()
@@ -308,7 +310,9 @@ def run_schedule(trainer: Trainer, phases: list[Phase], eval_every: int, log=pri
         if d.train.is_cuda:
             torch.cuda.synchronize(d.train.device)
         phase_info.append({"name": ph.name, "epochs": ph.epochs, "batches": ph.batches, "eps_w": ph.eps_w,
-                           "eps_b": ph.eps_b, "steps_per_epoch": steps, "seconds": time.perf_counter() - t0})
+                           "eps_b": ph.eps_b, "steps_per_epoch": steps, "seconds": time.perf_counter() - t0,
+                           "lr": {n: g["lr"] for g in trainer.opt.param_groups for n in g["names"]},
+                           "images": int(sum(len(b) for b in batches[:ph.batches]))})
     curves = torch.stack(history).cpu() if history else torch.zeros(0, trainer.r, 3)
     return {"train_loss": (curves[..., 0] / curves[..., 2]).T.tolist(),
             "train_error": (curves[..., 1] / curves[..., 2]).T.tolist(),
