@@ -188,7 +188,7 @@ class LocallyConnected(nn.Module):
             x = F.pad(x, (0, self.overhang, 0, self.overhang))
         cols = F.unfold(x, self.kernel, padding=self.padding, stride=self.stride)  # (N, C*k*k, L)
         cols = cols.view(n, g, -1, s * s).permute(3, 1, 0, 2).reshape(s * s * g, n, -1)  # (L*G, N, Cg*k*k)
-        out = torch.bmm(cols, self.weight.view(s * s * g, -1, self.weight.shape[-1]))   # (L*G, N, Fg)
+        out = torch.bmm(cols, self.weight.reshape(s * s * g, -1, self.weight.shape[-1]))  # (L*G, N, Fg)
         out = out.view(s, s, g, n, -1).permute(3, 2, 4, 0, 1)                        # (N, G, Fg, S, S)
         return out.reshape(n, self.out_channels, s, s) + self.bias
 

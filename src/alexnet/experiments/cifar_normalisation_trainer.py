@@ -141,7 +141,10 @@ class Trainer:
             raise ConfigError("CUDA graphs need a CUDA device")
         cuda = self.dev.type == "cuda"
         self.fmt = torch.channels_last if cuda else torch.contiguous_format
-        self.model = model.to(self.dev, memory_format=self.fmt).train()
+        self.model = model.to(self.dev).train()
+        for m in model.modules():            # cuDNN's fastest layout; the local layers keep theirs
+            if isinstance(m, torch.nn.Conv2d):
+                m.to(memory_format=self.fmt)
         self.data, self.r, self.b, self.amp, self.log = data, len(seeds), batch, amp_dtype, log
         self.crop = model.config.input_size
         self.dtype = next(model.parameters()).dtype          # float32; float64 in tests
@@ -203,7 +206,7 @@ class Trainer:
         except Exception as e:  # noqa: BLE001 - any capture failure: say why and stay eager
             self.log(f"CUDA graph capture failed, training eagerly: {type(e).__name__}: {e}")
             self.want_graph, self.graph = False, None
-            torch.cuda.synchronize(self.dev)
+            self.opt.zero_grad(set_to_none=True)
 
     def step(self) -> None:
         """One training step: eager, or a replay of the captured graph (captured after a few
@@ -252,13 +255,13 @@ class Trainer:
     # -------------------------------------------------------------------------------- testing
 
     @torch.no_grad()
-    def probabilities(self, images: torch.Tensor, views: int, chunk: int = 500) -> torch.Tensor:
+    def probabilities(self, images: torch.Tensor, views: int) -> torch.Tensor:
         """Softmax of every replica, averaged over 1 (centre) or 10 views: (N, R, classes).
         The 10 views are cuda-convnet's `--multiview-test`: 4 corners and the centre, each mirrored."""
         self.model.eval()
         out = []
         mean = self.data.mean if self.mean_window == "same" else self.zero3
-        for part in images.split(chunk):
+        for part in images.split(2000 if views == 1 else 500):
             x = (center_view(part, mean, self.crop, self.dtype) if views == 1
                  else ten_views(part, mean, self.crop, self.dtype))
             if self.mean_window == "centre":
