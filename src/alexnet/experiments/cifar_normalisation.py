@@ -96,16 +96,20 @@ class Job:
 # ---------------------------------------------------------------------------------------------- one job
 
 
+def cuda_flags(dev: torch.device) -> torch.device:
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+        torch.backends.cudnn.benchmark = True          # fixed shapes: pick the fastest algorithms once
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    return dev
+
+
 def _setup(job: Job, cfg: CifarNormConfig, data_dir: str, log):
     from alexnet.experiments.cifar_normalisation_trainer import DeviceData, Trainer
     from alexnet.models import build_model
     from alexnet.runtime import amp_dtype, resolve_device
 
-    dev = resolve_device(job.device)
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-        torch.backends.cudnn.benchmark = True          # fixed shapes: pick the fastest algorithms once
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    dev = cuda_flags(resolve_device(job.device))
     data = DeviceData.from_prepared(data_dir, dev)
     model = build_model(job.net, replicas=len(job.seeds), init_seeds=job.seeds, num_classes=data.num_classes)
     trainer = Trainer(model, data, list(job.seeds), cfg.batch_size, cfg.mean_window,
@@ -209,7 +213,7 @@ def time_steps(net: str, replicas: int, device: str, cfg: CifarNormConfig, steps
     from alexnet.models import build_model
     from alexnet.runtime import amp_dtype, resolve_device
 
-    dev = resolve_device(device)
+    dev = cuda_flags(resolve_device(device))
     cuda = dev.type == "cuda"
     steps = steps or (50 if cuda else 2)
     g = torch.Generator().manual_seed(0)
@@ -262,10 +266,16 @@ def plan(cfg: CifarNormConfig, n_train: int, log=print) -> dict:
                      "seconds_per_run": estimate[net]})
         log(f"{net}: {steps:,} steps per run, {1e3 * timing[net]['step_seconds']:.2f} ms per step with "
             f"{replicas} replica(s) on {timing[net]['device_name']} ({'graph' if timing[net]['graph'] else 'eager'})")
+        if replicas > 1 and timing[net]["graph"]:        # what stacking the seeds buys, measured
+            one = time_steps(net, 1, cfg.devices[0], cfg)["step_seconds"]
+            timing[net]["single_step_seconds"] = one
+            log(f"  one seed alone: {1e3 * one:.2f} ms per step; {replicas} stacked cost "
+                f"{timing[net]['step_seconds'] / one:.2f}x one (separate runs: {replicas}x)")
     jobs = make_jobs(cfg, estimate)
     per_dev = {d: sum(estimate[j.net] for j in jobs if j.device == d) for d in cfg.devices}
     text = budget_table(rows) + "\n" + "\n".join(
         f"{d}: {', '.join(j.net for j in jobs if j.device == d) or '-'} (about {per_dev[d]:.0f} s)" for d in cfg.devices)
+    text += f"\nprojected wall time: about {max(per_dev.values()):.0f} s (the busiest device)"
     log("budget (estimated from the timed steps; jobs on one device run side by side):\n" + text)
     return {"plan": text, "rows": rows, "timing": timing, "jobs": [asdict(j) for j in jobs], "estimate": estimate}
 
