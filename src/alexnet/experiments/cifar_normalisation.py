@@ -5,7 +5,7 @@ with its two normalisation layers removed, `cuda-convnet-11pct-no-norm`) with cu
 over several seeds, and reports the test error beside the paper's.
 
 The recipe, as cuda-convnet ran it (sources: `convdata.py`, `src/layer.cu`, `include/weights.cuh`,
-`src/worker.cu`, the layer-params files and `doc/Methodology`):
+`src/worker.cu`, the layer-params files and `docs/Methodology.md` of mbrukman/cuda-convnet):
 
 - Data: the 50,000 training images as five data batches of 10,000 (a fixed random split; batch 5
   held out while the schedule says so), images in a fixed order: cuda-convnet never shuffled, every
@@ -26,7 +26,9 @@ Deviations, each an option: `--precision` (auto: bf16 autocast on CUDA; cuda-con
 `--mean-window same` (subtract the mean at the view's own window, as `alexnet.data.augment` does
 for ImageNet), `--drop-eps-b` (lower epsB with epsW), `--short` (a few epochs of every phase on a
 small class-balanced subset: CI). Seeds train as replicas of one model (`replicas`, one process
-per net) unless `--no-stack-seeds`; a replica computes exactly the single net.
+per net) unless `--no-stack-seeds`; a replica computes exactly the single net. The seeds share the
+data batches and the minibatch order (cuda-convnet's, fixed) and differ in initial weights and in
+their crops and flips.
 """
 
 from __future__ import annotations
