@@ -8,11 +8,13 @@
 # Stages, each under a timeout so that nothing can hang: extract, prepare, smoke (a few steps of each
 # net on cuda:0, eager and as CUDA graphs, compared: stops here if they disagree), the experiment
 # (which first times its steps and prints the plan), the table.
-# Environment: OUT (default /tmp/out), SEEDS (default "0 1 2"), RUN_TIMEOUT (seconds, default 1200),
-# EXTRA (more options for the experiment, e.g. "--precision fp32").
+# Environment: OUT (default /tmp/out), SEEDS (default "0 1 2"), BUDGET_S (the experiment stops before
+# training when its timed plan projects more seconds than this; default 600), RUN_TIMEOUT (a hard
+# limit in seconds, default 1200), EXTRA (more options for the experiment, e.g. "--precision fp32").
 set -euo pipefail
 OUT=${OUT:-/tmp/out}
 SEEDS=${SEEDS:-0 1 2}
+BUDGET_S=${BUDGET_S:-600}
 RUN_TIMEOUT=${RUN_TIMEOUT:-1200}
 EXTRA=${EXTRA:-}
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
@@ -35,7 +37,7 @@ timeout 300 "${RUN[@]}" --devices cuda:0 --smoke 2>&1 | tee "$OUT/smoke.log"
 stamp "smoke test passed"
 
 status=0
-timeout --kill-after=20 "$RUN_TIMEOUT" "${RUN[@]}" --devices cuda:0 cuda:1 2>&1 | tee "$OUT/run.log" || status=$?
+timeout --kill-after=20 "$RUN_TIMEOUT" "${RUN[@]}" --devices cuda:0 cuda:1 --budget-seconds "$BUDGET_S" 2>&1 | tee "$OUT/run.log" || status=$?
 stamp "experiment finished (exit $status)"
 cp "$WORK/run/cifar_normalisation.json" "$OUT/" 2>/dev/null || true
 mkdir -p "$OUT/runs" && cp "$WORK"/run/runs/*.json "$OUT/runs/" 2>/dev/null || true

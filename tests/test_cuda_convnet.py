@@ -445,6 +445,12 @@ def test_user_errors_are_one_line(shapes, tmp_path, capsys):
     assert "nothing" in err and len(err.splitlines()) == 1
     with pytest.raises(ConfigError, match="CUDA graphs"):
         small_trainer(graph=True)
+    out = tmp_path / "budget"
+    assert main(["experiment", "cifar-normalisation", "--data", str(shapes), "--out", str(out), "--short",
+                 "--nets", "cuda-convnet-13pct", "--seeds", "0", "--train-images", "40", "--test-images", "10",
+                 "--batch-size", "16", "--devices", "cpu", "--budget-seconds", "0.001"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "budget" in err and len(err.splitlines()) == 1 and not (out / "runs").exists()
 
 
 @pytest.mark.gpu
@@ -456,3 +462,19 @@ def test_graph_steps_equal_eager_steps_on_cuda(shapes, tmp_path):
     cfg = CifarNormConfig(data=str(shapes), out=str(tmp_path), seeds=[0, 1], devices=["cuda"], batch_size=16)
     report = smoke(cfg, log=print, steps=12)
     assert all(r["ok"] and r["captured"] for r in report.values())
+
+
+def test_jobs_spread_over_devices_longest_first():
+    from alexnet.experiments.cifar_normalisation import CifarNormConfig, make_jobs
+
+    est = {"cuda-convnet-11pct": 120.0, "cuda-convnet-11pct-no-norm": 100.0, "cuda-convnet-13pct": 30.0}
+    cfg = CifarNormConfig(data="-", devices=["cuda:0", "cuda:1"])
+    jobs = make_jobs(cfg, est)
+    assert [(j.net, j.device) for j in jobs] == [("cuda-convnet-11pct", "cuda:0"),
+                                                  ("cuda-convnet-11pct-no-norm", "cuda:1"),
+                                                  ("cuda-convnet-13pct", "cuda:1")]
+    assert all(j.seeds == (0, 1, 2) for j in jobs)
+    single = make_jobs(CifarNormConfig(data="-", devices=["cuda:0", "cuda:1"], stack_seeds=False), est)
+    assert len(single) == 9 and {j.seeds for j in single} == {(0,), (1,), (2,)}
+    load = {d: sum(est[j.net] for j in single if j.device == d) for d in ("cuda:0", "cuda:1")}
+    assert abs(load["cuda:0"] - load["cuda:1"]) <= 30.0

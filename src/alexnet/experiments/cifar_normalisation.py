@@ -69,6 +69,7 @@ class CifarNormConfig:
     test_images: int | None = None
     plan: bool = False
     smoke: bool = False
+    budget_seconds: float | None = None   # stop before training when the plan projects more
 
     def __post_init__(self):
         unknown = [n for n in self.nets if n not in NETS]
@@ -302,6 +303,10 @@ def run_cifar_normalisation(cfg: CifarNormConfig, log=print) -> dict:
     planned = plan(cfg, n_train, log)
     if cfg.plan:
         return planned
+    projected = max(sum(planned["estimate"][j["net"]] for j in planned["jobs"] if j["device"] == d) for d in cfg.devices)
+    if cfg.budget_seconds is not None and projected > cfg.budget_seconds:
+        raise ConfigError(f"the plan projects {projected:.0f} s, over --budget-seconds {cfg.budget_seconds:g}: "
+                          "nothing trained (fewer seeds or nets, or more devices)")
     t0 = time.perf_counter()
     results = run_jobs([Job(**j) for j in planned["jobs"]], cfg, str(data), out)
     result = summarise(cfg, results, str(data), n_train, time.perf_counter() - t0)
@@ -340,6 +345,7 @@ def add_parser(subparsers) -> None:
     e.add_argument("--plan", action="store_true", default=None, help="print the budget table and stop")
     e.add_argument("--smoke", action="store_true", default=None,
                    help="a few steps of each net, eager and as CUDA graphs, compared (CUDA)")
+    e.add_argument("--budget-seconds", type=float, help="stop before training if the plan projects more than this")
 
 
 def main(args) -> int:
