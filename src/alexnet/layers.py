@@ -133,3 +133,57 @@ def activation(name: str) -> nn.Module:
     if name == "tanh":
         return nn.Tanh()
     raise ValueError(f"unknown activation {name!r}: relu, tanh")
+
+
+class LocallyConnected(nn.Module):
+    """cuda-convnet's `type=local`: a convolution whose filters are not shared between positions.
+
+    Output position (i, j) of filter f has its own weights w[i, j, f] over the `kernel` x `kernel`
+    window of all input channels (of its group) at rows `i*stride - padding ...`, zeros outside the
+    image; and its own bias b[f, i, j] (cuda-convnet keeps `modules * filters` biases). The output
+    side is cuda-convnet's `1 + ceil((2*padding + size - kernel) / stride)`. `groups` splits the
+    channels into independent runs as in `nn.Conv2d` (used here to compute several independent
+    networks at once).
+
+    weight: (positions, groups, in_channels/groups * kernel**2, out_channels/groups), the rows of
+    one filter ordered channel, kernel row, kernel column (F.unfold's order and cuda-convnet's
+    `filterChannels x filterPixels`); positions row-major. Initialised N(0, init_std) (cuda-convnet's
+    `initW` is the standard deviation of a normal), biases 0 (`initB` defaults to 0).
+
+    One unfold and one batched matrix product per call: no loop over positions.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, in_size: int, kernel: int, padding: int = 0,
+                 stride: int = 1, groups: int = 1, init_std: float = 0.01):
+        super().__init__()
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"{in_channels} inputs and {out_channels} outputs do not split into {groups} groups")
+        self.in_channels, self.out_channels, self.in_size = in_channels, out_channels, in_size
+        self.kernel, self.padding, self.stride, self.groups = kernel, padding, stride, groups
+        self.out_size = 1 + -(-(2 * padding + in_size - kernel) // stride)
+        # The ceil may let the last window overhang the padded image: pad those zeros too.
+        self.overhang = (self.out_size - 1) * stride + kernel - (in_size + 2 * padding)
+        fan_in = in_channels // groups * kernel * kernel
+        self.weight = nn.Parameter(torch.empty(self.out_size ** 2, groups, fan_in, out_channels // groups))
+        self.bias = nn.Parameter(torch.empty(out_channels, self.out_size, self.out_size))
+        self.init_std = init_std
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        self.weight.normal_(0.0, self.init_std, generator=generator)
+        self.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, g, s = x.shape[0], self.groups, self.out_size
+        if self.overhang:
+            x = F.pad(x, (0, self.overhang, 0, self.overhang))
+        cols = F.unfold(x, self.kernel, padding=self.padding, stride=self.stride)  # (N, C*k*k, L)
+        cols = cols.view(n, g, -1, s * s).permute(3, 1, 0, 2).reshape(s * s * g, n, -1)  # (L*G, N, Cg*k*k)
+        out = torch.bmm(cols, self.weight.reshape(s * s * g, -1, self.weight.shape[-1]))  # (L*G, N, Fg)
+        out = out.view(s, s, g, n, -1).permute(3, 2, 4, 0, 1)                        # (N, G, Fg, S, S)
+        return out.reshape(n, self.out_channels, s, s) + self.bias
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, in_size={self.in_size}, kernel={self.kernel}, "
+                f"padding={self.padding}, stride={self.stride}, groups={self.groups}, out_size={self.out_size}")

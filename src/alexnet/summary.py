@@ -7,11 +7,11 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from alexnet.layers import ResponseNorm, WithinMapNorm
+from alexnet.layers import LocallyConnected, ResponseNorm, WithinMapNorm
 
 # Leaf layers worth a row; activations, dropout and padding change no shape that matters.
 _SHOWN = (nn.Conv2d, nn.Linear, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, ResponseNorm,
-          WithinMapNorm, nn.LocalResponseNorm)
+          WithinMapNorm, nn.LocalResponseNorm, LocallyConnected)
 
 
 @dataclass
@@ -25,7 +25,9 @@ class LayerRow:
 
 
 def layer_macs(module: nn.Module, output: torch.Tensor) -> int:
-    """Multiply-adds per image of a convolution or fully connected layer (others count 0)."""
+    """Multiply-adds per image of a convolution, locally connected or fully connected layer (others 0)."""
+    if isinstance(module, LocallyConnected):
+        return output[0].numel() * module.in_channels // module.groups * module.kernel ** 2
     if isinstance(module, nn.Conv2d):
         per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
         return output[0].numel() * per_output

@@ -27,6 +27,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from alexnet.experiments import (budget_table, experiment_data, format_table, run_many, run_seconds,
                                  seed_summary, time_step)
 
@@ -148,6 +150,7 @@ def run_ablations(cfg: AblationConfig, log=print) -> dict:
     per = {n: {} for n in names}
     for (n, s), rec in zip(todo, records):
         per[n][s] = rec
+        rec["train_error_eval"] = held_in_error(rec, data, cfg.device)
 
     result = summarise(cfg, names, per, str(data), n_train, n_eval, base_t["device_name"])
     (out / "ablations.json").write_text(json.dumps(result, indent=1, default=str))
@@ -164,6 +167,36 @@ def _final(rec: dict, key: str) -> float | None:
     return v if math.isfinite(v) else None
 
 
+HELD_IN_IMAGES = 10_000
+
+
+def held_in_error(rec: dict, data: Path, device: str, images: int = HELD_IN_IMAGES) -> float | None:
+    """Top-1 error of a run's final network on training images it learned from, measured as the test
+    is: eval mode (no dropout), the centre crop, no flips or colour noise. A fixed random subset of
+    `images` training images (all, if fewer). The running training error of the metrics is taken on
+    augmented views with dropout on, so it overstates the error the net makes on its training data:
+    argue about overfitting with this one. None when the run failed or left no checkpoint."""
+    import numpy as np
+
+    from alexnet.checkpoint import load_checkpoint, model_from_checkpoint
+    from alexnet.data.prepared import PreparedData
+    from alexnet.evaluate import evaluate_split
+    from alexnet.train import resolve_device
+
+    last = Path(rec["run"]) / "last.pt"
+    if rec.get("error") or not last.exists():
+        return None
+    dev = resolve_device(device)
+    ckpt = load_checkpoint(last)
+    model = model_from_checkpoint(ckpt).to(dev)
+    train = PreparedData.open(data).split("train")
+    pick = np.sort(np.random.default_rng(0).permutation(len(train))[:images])
+    amp = torch.bfloat16 if dev.type == "cuda" else None
+    result = evaluate_split(model, train.subset(pick), ckpt["mean"].to(dev), ckpt["crop"], 1, dev, amp,
+                            dev.type == "cuda", ckpt["input_scale"], 500)
+    return result["top1_error"]
+
+
 def summarise(cfg, names, per, data, n_train, n_eval, device) -> dict:
     variants = {}
     for n in names:
@@ -173,6 +206,7 @@ def summarise(cfg, names, per, data, n_train, n_eval, device) -> dict:
             "test_top1_error": seed_summary([_final(per[n][s], "val_top1_error") for s in cfg.seeds]),
             "test_top5_error": seed_summary([_final(per[n][s], "val_top5_error") for s in cfg.seeds]),
             "final_train_error": seed_summary([_final(per[n][s], "train_top1_error") for s in cfg.seeds]),
+            "train_error_eval": seed_summary([per[n][s].get("train_error_eval") for s in cfg.seeds]),
             "seconds": sum(per[n][s]["seconds"] for s in cfg.seeds),
             "errors": [per[n][s]["error"] for s in cfg.seeds if per[n][s].get("error")],
         }
@@ -202,13 +236,16 @@ def format_result(result: dict) -> str:
     for n, v in result["variants"].items():
         t = v["test_top1_error"]
         delta = v.get("delta_top1_points")
-        rows.append([n, f"{_pct(t['mean'])} +- {_pct(t['std'])}", _pct(v["final_train_error"]["mean"]),
+        held_in = v.get("train_error_eval", {}).get("mean")
+        rows.append([n, f"{_pct(t['mean'])} +- {_pct(t['std'])}", _pct(v["final_train_error"]["mean"]), _pct(held_in),
                      "" if delta is None else f"{delta:+.2f} +- {v['delta_se_points']:.2f}",
                      v["paper"], v.get("verdict", "")])
     head = f"{result['arch']}, {result['epochs']} epochs, seeds {result['seeds']}, test top-1 error % (1 crop)"
     return head + "\n" + format_table(
-        ["variant", "test top-1 % (mean +- sd)", "train %", "vs baseline (pts +- se)", "paper (removed)", "verdict"],
-        rows)
+        ["variant", "test top-1 % (mean +- sd)", "train % (running)", "train % (eval)", "vs baseline (pts +- se)",
+         "paper (removed)", "verdict"], rows) + (
+        "\ntrain % (running): last epoch's training batches as trained on (augmented, dropout on); "
+        f"train % (eval): {HELD_IN_IMAGES:,} training images, centre crop, eval mode")
 
 
 def plot_ablations(result: dict, path: Path) -> Path:

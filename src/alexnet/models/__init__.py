@@ -11,6 +11,8 @@ from torch import nn
 from alexnet.errors import ConfigError
 from alexnet.models.alexnet2012 import AlexNet2012, AlexNet2012Config
 from alexnet.models.cifar import CifarAlexNet, CifarAlexNetConfig, CifarFig1, CifarFig1Config
+from alexnet.models.cuda_convnet import (CudaConvnet, CudaConvnet11pctConfig, CudaConvnet11pctNoNormConfig,
+                                         CudaConvnet13pctConfig)
 from alexnet.models.torchvision_alexnet import TorchvisionAlexNet, TorchvisionAlexNetConfig
 
 
@@ -32,6 +34,12 @@ ARCHS: dict[str, Arch] = {
                        "Figure 1's four-layer CIFAR-10 net, reconstructed after cuda-convnet layers-18pct"),
     "cifar-alexnet": Arch(CifarAlexNet, CifarAlexNetConfig, 32, 28,
                           "the 2012 network in miniature for 32x32 images (our design)"),
+    "cuda-convnet-11pct": Arch(CudaConvnet, CudaConvnet11pctConfig, 32, 24,
+                               "cuda-convnet layers-conv-local-11pct: the paper's 11% CIFAR-10 net (with norm)"),
+    "cuda-convnet-13pct": Arch(CudaConvnet, CudaConvnet13pctConfig, 32, 24,
+                               "cuda-convnet layers-conv-local-13pct: the paper's 13% CIFAR-10 net (no norm)"),
+    "cuda-convnet-11pct-no-norm": Arch(CudaConvnet, CudaConvnet11pctNoNormConfig, 32, 24,
+                                       "the 11pct net with its two normalisation layers removed"),
 }
 
 

@@ -1,0 +1,148 @@
+"""What `alexnet experiment cifar-normalisation` reports: the summary over seeds, the printed table,
+and the smoke test of the GPU path (eager and CUDA-graph steps from the same start must agree)."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from alexnet.experiments import experiment_data, format_table, seed_summary
+from alexnet.experiments.cifar_normalisation import NETS, PAPER_ERROR, CifarNormConfig
+
+KEYS = ("test_error_1view", "test_error_10views", "train_error_eval", "train_error_running",
+        "test_nats_1view", "test_nats_10views")
+
+
+def difference(a: dict, b: dict) -> dict:
+    """a - b of two seed summaries, in points: the difference of the means and its standard error
+    sqrt(sd_a^2 / n_a + sd_b^2 / n_b) (None where a side has no result)."""
+    if a["mean"] is None or b["mean"] is None:
+        return {"points": None, "se": None}
+    return {"points": 100 * (a["mean"] - b["mean"]), "se": 100 * math.sqrt(a["std"] ** 2 / a["n"] + b["std"] ** 2 / b["n"])}
+
+
+def summarise(cfg: CifarNormConfig, results: list[dict], data: str, n_train: int, seconds: float) -> dict:
+    nets = {}
+    for net in cfg.nets:
+        runs = [r for r in results if r["net"] == net]
+        per_seed = {str(s): v for r in runs for s, v in r["per_seed"].items()}
+        per_seed = {str(s): per_seed[str(s)] for s in cfg.seeds if str(s) in per_seed}
+        nets[net] = {"paper_error_percent": PAPER_ERROR.get(net), "per_seed": per_seed,
+                     "wall_seconds": {s: r["wall_seconds"] for r in runs for s in map(str, r["seeds"])},
+                     "steps": runs[0]["steps"] if runs else None,
+                     "ms_per_step": [r["ms_per_step"] for r in runs], "devices": [r["device"] for r in runs],
+                     "graph_replays": sum(r["graph_replays"] for r in runs), "phases": runs[0]["phases"] if runs else [],
+                     "held_in_images": runs[0]["held_in_images"] if runs else None,
+                     **{k: seed_summary([v[k] for v in per_seed.values()]) for k in KEYS}}
+    comparisons = {}
+    for a, b, what in (("cuda-convnet-11pct", "cuda-convnet-11pct-no-norm", "the clean ablation: 11pct minus no-norm"),
+                       ("cuda-convnet-11pct", "cuda-convnet-13pct", "the paper's two files: 11pct minus 13pct")):
+        if a in nets and b in nets:
+            comparisons[f"{a} - {b}"] = {"what": what, **{k: difference(nets[a][k], nets[b][k])
+                                                          for k in ("test_error_1view", "test_error_10views")}}
+    return {"experiment": "cifar-normalisation (paper section 3.3: 13% without normalisation, 11% with)",
+            "data": data, "train_images": n_train, "seeds": cfg.seeds, "config": {k: v for k, v in vars(cfg).items()},
+            "seconds": seconds, "nets": nets, "comparisons": comparisons,
+            "paper": "13% test error without response normalisation, 11% with (cuda-convnet layers-conv-local-13pct/11pct)"}
+
+
+def _pct(x) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
+
+
+def seed_table(result: dict) -> str:
+    """Per net and seed: test error (1 and 10 views), training error (eval and running), wall time."""
+    rows = []
+    for net, r in result["nets"].items():
+        paper = r["paper_error_percent"]
+        for s, v in r["per_seed"].items():
+            rows.append([net, "-" if paper is None else f"{paper:g}", s, _pct(v["test_error_1view"]),
+                         _pct(v["test_error_10views"]), _pct(v["train_error_eval"]), _pct(v["train_error_running"]),
+                         f"{r['wall_seconds'].get(s, 0):.0f}"])
+        one, ten = r["test_error_1view"], r["test_error_10views"]
+        rows.append([net, "", "mean+-sd", f"{_pct(one['mean'])} +- {_pct(one['std'])}",
+                     f"{_pct(ten['mean'])} +- {_pct(ten['std'])}", _pct(r["train_error_eval"]["mean"]),
+                     _pct(r["train_error_running"]["mean"]), ""])
+    return format_table(["net", "paper %", "seed", "test % 1 view", "test % 10 views", "train % (eval)",
+                         "train % (running)", "wall s"], rows)
+
+
+def format_result(result: dict) -> str:
+    held = max((r["held_in_images"] or 0) for r in result["nets"].values()) if result["nets"] else 0
+    lines = [f"CIFAR-10, {result['train_images']:,} training images, seeds {result['seeds']}: test error %",
+             seed_table(result),
+             f"train % (eval): {held:,} training images, centre view, eval mode; (running): the last epoch's "
+             "augmented training views as trained on. wall s: the run that trained these seeds together."]
+    for c in result["comparisons"].values():
+        parts = [f"{views}: {d['points']:+.2f} +- {d['se']:.2f}" if d["points"] is not None else f"{views}: -"
+                 for views, d in (("1 view", c["test_error_1view"]), ("10 views", c["test_error_10views"]))]
+        lines.append(f"{c['what']} (points, difference of means +- se): {'; '.join(parts)}")
+    lines.append("paper: " + result["paper"] + "; the clean ablation should be about -2 points if the claim holds")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- smoke
+
+
+def _smoke_run(net: str, cfg: CifarNormConfig, data_dir: str, graph: bool, steps: int) -> dict:
+    from alexnet.experiments.cifar_normalisation import Job, _setup
+    from alexnet.experiments.cifar_normalisation_trainer import data_batches, minibatch_table
+
+    trainer, data = _setup(Job(net, tuple(cfg.seeds), cfg.devices[0]), CifarNormConfig(**{**vars(cfg), "graph": graph}),
+                           data_dir, print)
+    start = [p.detach().clone() for p in trainer.model.parameters()]
+    index, valid = minibatch_table(data_batches(data.train.shape[0])[:4], cfg.batch_size)
+    trainer.set_phase(index, valid, 1.0, 1.0)
+    trainer.pos.zero_()
+    losses, t0 = [], None
+    for i in range(steps):
+        if i == steps // 2:
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+        before = trainer.sums.clone()
+        trainer.step()
+        d = trainer.sums - before
+        losses.append(d[:, 0] / d[:, 2])
+    torch.cuda.synchronize()
+    ms = 1e3 * (time.perf_counter() - t0) / (steps - steps // 2)
+    moved = [p.detach() - s for p, s in zip(trainer.model.parameters(), start)]
+    return {"losses": torch.stack(losses).cpu(), "moved": moved, "ms": ms, "graph": trainer.graph is not None}
+
+
+def smoke(cfg: CifarNormConfig, log=print, steps: int = 40) -> dict:
+    """A few steps of every net on the first device, eager and as CUDA graphs, from the same start
+    and random streams: the per-step losses and the weight updates must agree. Raises on failure."""
+    from alexnet.errors import TrainingDiverged
+
+    if not torch.cuda.is_available():
+        raise TrainingDiverged("the smoke test compares eager and CUDA-graph steps: it needs CUDA")
+    from pathlib import Path
+
+    data = experiment_data(cfg.data, Path(cfg.out), 32, None, None, log)
+    report, failed = {}, []
+    for net in cfg.nets:
+        eager = _smoke_run(net, cfg, str(data), False, steps)
+        graph = _smoke_run(net, cfg, str(data), True, steps)
+        loss_diff = (eager["losses"] - graph["losses"]).abs().max().item()
+        num = sum(((a - b) ** 2).sum().item() for a, b in zip(eager["moved"], graph["moved"]))
+        den = sum((a ** 2).sum().item() for a in eager["moved"])
+        update_diff = math.sqrt(num / max(den, 1e-30))
+        ok = (graph["graph"] and math.isfinite(loss_diff) and loss_diff < 0.05 and update_diff < 0.1
+              and bool(torch.isfinite(graph["losses"]).all()))
+        report[net] = {"eager_ms_per_step": eager["ms"], "graph_ms_per_step": graph["ms"], "captured": graph["graph"],
+                       "max_loss_difference": loss_diff, "relative_update_difference": update_diff,
+                       "first_loss": eager["losses"][0].tolist(), "last_loss": eager["losses"][-1].tolist(), "ok": ok}
+        log(f"smoke {net} ({len(cfg.seeds)} replicas, {steps} steps): eager {eager['ms']:.2f} ms/step, graph "
+            f"{graph['ms']:.2f} ms/step (captured: {graph['graph']}); loss {eager['losses'][0].mean():.4f} -> "
+            f"{eager['losses'][-1].mean():.4f}; max |loss eager - graph| {loss_diff:.2e}, relative update "
+            f"difference {update_diff:.2e}: {'ok' if ok else 'FAILED'}")
+        if not ok:
+            failed.append(net)
+    if failed:
+        raise TrainingDiverged(f"smoke test failed for {', '.join(failed)}: eager and CUDA-graph steps disagree")
+    return report
+
+
+__all__ = ["NETS", "difference", "format_result", "seed_table", "smoke", "summarise"]
