@@ -24,7 +24,7 @@ from alexnet.checkpoint import CheckpointKeeper, load_checkpoint
 from alexnet.cli import main
 from alexnet.config import TrainConfig
 from alexnet.errors import CheckpointError, ConfigError, DataError, Interrupted, TrainingDiverged
-from alexnet.runtime import DiskFull, StopSignals
+from alexnet.runtime import DiskFull
 from alexnet.train import fit, setup, train
 
 SRC = Path(__file__).resolve().parents[1] / "src"

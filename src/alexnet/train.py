@@ -16,12 +16,9 @@ import json
 import math
 import time
 
-import torch
 
-from alexnet.checkpoint import CheckpointKeeper
 from alexnet.config import TrainConfig
 from alexnet.errors import Interrupted, TrainingDiverged
-from alexnet.evaluate import evaluate_split
 from alexnet.optim import drop_learning_rate
 from alexnet.runtime import StopSignals
 from alexnet.run import Run, setup, snapshot

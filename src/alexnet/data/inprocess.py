@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from alexnet.data.order import SEED_STRIDE, epoch_order, epoch_shards, num_batches, shard_bounds
+from alexnet.data.order import epoch_order, epoch_shards, num_batches, shard_bounds
 
 __all__ = ["InProcessLoader", "READERS", "default_threads"]
 

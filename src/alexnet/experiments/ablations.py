@@ -181,7 +181,7 @@ def held_in_error(rec: dict, data: Path, device: str, images: int = HELD_IN_IMAG
     from alexnet.checkpoint import load_checkpoint, model_from_checkpoint
     from alexnet.data.prepared import PreparedData
     from alexnet.evaluate import evaluate_split
-    from alexnet.train import resolve_device
+    from alexnet.runtime import resolve_device
 
     last = Path(rec["run"]) / "last.pt"
     if rec.get("error") or not last.exists():
@@ -192,8 +192,9 @@ def held_in_error(rec: dict, data: Path, device: str, images: int = HELD_IN_IMAG
     train = PreparedData.open(data).split("train")
     pick = np.sort(np.random.default_rng(0).permutation(len(train))[:images])
     amp = torch.bfloat16 if dev.type == "cuda" else None
-    result = evaluate_split(model, train.subset(pick), ckpt["mean"].to(dev), ckpt["crop"], 1, dev, amp,
-                            dev.type == "cuda", ckpt["input_scale"], 500)
+    result = evaluate_split(model, train.subset(pick), ckpt["mean"].to(dev), ckpt["crop"], 1, device=dev,
+                            amp_dtype=amp, channels_last=dev.type == "cuda", input_scales=ckpt["input_scale"],
+                            batch_size=500)
     return result["top1_error"]
 
 

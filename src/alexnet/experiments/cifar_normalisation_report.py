@@ -9,7 +9,7 @@ import time
 import torch
 
 from alexnet.experiments import experiment_data, format_table, seed_summary
-from alexnet.experiments.cifar_normalisation import NETS, PAPER_ERROR, CifarNormConfig
+from alexnet.experiments.cifar_normalisation_jobs import NETS, PAPER_ERROR, CifarNormConfig
 
 KEYS = ("test_error_1view", "test_error_10views", "train_error_eval", "train_error_running",
         "test_nats_1view", "test_nats_10views")
@@ -87,7 +87,7 @@ def format_result(result: dict) -> str:
 
 
 def _smoke_run(net: str, cfg: CifarNormConfig, data_dir: str, graph: bool, steps: int) -> dict:
-    from alexnet.experiments.cifar_normalisation import Job, _setup
+    from alexnet.experiments.cifar_normalisation_jobs import Job, _setup
     from alexnet.experiments.cifar_normalisation_trainer import data_batches, minibatch_table
 
     trainer, data = _setup(Job(net, tuple(cfg.seeds), cfg.devices[0]), CifarNormConfig(**{**vars(cfg), "graph": graph}),
