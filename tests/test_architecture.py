@@ -134,3 +134,19 @@ def test_modules_and_functions_are_small():
                 if n > MAX_FUNCTION_LINES:
                     big.append(f"{name}.{node.name}: {n} lines (at most {MAX_FUNCTION_LINES})")
     assert not big, "\n".join(big)
+
+
+def test_every_cuda_test_carries_the_gpu_marker():
+    """`pytest -m gpu` on the device machine must find every test that needs CUDA."""
+    missing = []
+    for path in sorted((SRC.parent / "tests").glob("test_*.py")):
+        tree = ast.parse(path.read_text())
+        module_gpu = any(isinstance(n, ast.Assign) and any(getattr(t, "id", "") == "pytestmark" for t in n.targets)
+                         and "gpu" in ast.unparse(n.value) for n in tree.body)
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
+                marks = [ast.unparse(d) for d in node.decorator_list]
+                needs = any("cuda" in m.lower() and "skipif(not" in m for m in marks)
+                if needs and not module_gpu and not any(m.endswith("mark.gpu") or m == "gpu" for m in marks):
+                    missing.append(f"{path.name}::{node.name}")
+    assert not missing, missing

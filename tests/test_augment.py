@@ -200,6 +200,7 @@ def test_per_channel_mean_and_errors():
         A.Augment(pca_std=-1)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu_given_params():
     x, mean = batch(b=8, s=16, channels_last=True)

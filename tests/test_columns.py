@@ -25,7 +25,6 @@ from alexnet.parallel.convert import (load_named_optimizer_state, merge_state_di
                                       split_state_dict)
 
 GROUPED_PARAMS = 60_965_224
-TWO_GPUS = torch.cuda.is_available() and torch.cuda.device_count() >= 2
 
 
 def _grads(module) -> dict:

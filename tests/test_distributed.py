@@ -86,6 +86,42 @@ def _quiet(*_a, **_k):
 # Data parallelism
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.distributed
+def test_two_nodes_of_one_process_each_train_as_one_ddp_run(shapes, tmp_path):
+    """The multi-node launch, on one machine: `torchrun --nnodes 2 --node-rank 0|1` with a rendezvous
+    on localhost (what two machines would run, each with its own address in --master-addr), gloo on
+    the CPU. One step equals the one-process step on the whole batch."""
+    args = ["--data", str(shapes), *PLAIN, "--epochs", "1", "--max-steps", "1"]
+    port, env = _free_port(), dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1", ALEXNET_DIST_TIMEOUT_S="120")
+    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node-rank={rank}",
+                               "--nproc-per-node=1", "--master-addr=127.0.0.1", f"--master-port={port}", "-m", "alexnet",
+                               "train", *args, "--out", str(tmp_path / "nodes")],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True) for rank in (0, 1)]
+    outs = []
+    try:
+        for proc in procs:
+            outs.append(proc.communicate(timeout=240)[0])
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outs)
+    assert "data parallel: 2 processes" in outs[0]
+    train(_config([*args, "--out", str(tmp_path / "one")]), log=_quiet)
+    a, b = load_checkpoint(tmp_path / "nodes" / "last.pt"), load_checkpoint(tmp_path / "one" / "last.pt")
+    assert a["world_size"] == 2
+    _assert_weights_close(a["model"], b["model"], atol=1e-6)
+
+
 @pytest.mark.distributed
 def test_one_ddp_step_on_two_processes_equals_one_step_on_the_whole_batch(shapes, tmp_path):
     args = ["--data", str(shapes), *PLAIN, "--epochs", "1", "--max-steps", "1"]

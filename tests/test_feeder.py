@@ -309,6 +309,7 @@ def test_default_workers(monkeypatch):
     assert default_workers("cuda", "jpeg") == 1 and default_workers("cuda", "raw") == 1
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("enc,decode", [("raw", "cpu"), ("jpeg", "cpu"), ("jpeg", "cuda"), ("jpeg", "mixed")])
 def test_cuda(stores, enc, decode):

@@ -144,6 +144,7 @@ def test_early_break_and_errors(split):
             pass
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_pinned(split):
     loader = BatchLoader(split, 10, shuffle=True, seed=0, drop_last=False, device="cuda")

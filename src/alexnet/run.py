@@ -35,6 +35,10 @@ from alexnet.step import make_step
 
 __all__ = ["Run", "setup", "snapshot"]
 
+#: The first steps of a process on a GPU (compilation, autotuning, graph capture, the loader's first
+#: batches) are timed apart and left out of the epoch's rate.
+WARM_STEPS = 6
+
 
 class Run:
     """Everything a training run holds between steps. Built by `setup`."""
@@ -45,14 +49,16 @@ class Run:
 
     # -- position and sums ----------------------------------------------------------------------
     def reset_epoch_stats(self) -> None:
-        self.epoch_stats = {"loss_sum": 0.0, "miss_sum": 0.0, "batches": 0, "images": 0, "seconds": 0.0}
+        self.epoch_stats = {"loss_sum": 0.0, "miss_sum": 0.0, "batches": 0, "images": 0, "seconds": 0.0,
+                            "warmup_images": 0, "warmup_seconds": 0.0}
 
     def sums(self) -> dict:
         return {"loss_sum": self.step.loss_sum.item(), "miss_sum": self.step.miss_sum.item()}
 
-    def take_warmup_seconds(self) -> float:
-        seconds, self.step.warmup_seconds = self.step.warmup_seconds, 0.0
-        return seconds
+    def sync(self) -> None:
+        for d in dict.fromkeys(self.placement.devices):
+            if d.type == "cuda":
+                torch.cuda.synchronize(d)
 
     # -- decisions all processes take together ---------------------------------------------------
     def agree(self, loss: torch.Tensor) -> tuple[float, bool, bool]:
@@ -217,7 +223,7 @@ def _setup(cfg: TrainConfig, log, stop, given, dist: DistributedContext) -> Run:
                                   workers=cfg.loader_workers, decode=cfg.decode),
               keeper=CheckpointKeeper(run_dir, cfg.keep_checkpoints), epoch=0, batch=0, global_step=0,
               best_error=float("inf"), batches_per_epoch=len(train_split) // global_batch,
-              compiled=compile_, graphs=graphs)
+              compiled=compile_, graphs=graphs, warm_steps=WARM_STEPS if device.type == "cuda" else 1)
     run.reset_epoch_stats()
     if resume is not None:
         _restore(run, resume, log)

@@ -16,8 +16,6 @@ Three ways to run the same computation, chosen when the run starts:
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from alexnet.data.augment import Augment, apply_params, sample_params
@@ -39,7 +37,6 @@ class TrainStep:
         device = self.mean.device
         self.loss_sum = torch.zeros((), device=device)
         self.miss_sum = torch.zeros((), device=device)
-        self.warmup_seconds = 0.0             # compile and capture time, reported apart
 
     def reset_sums(self, loss: float = 0.0, misses: float = 0.0) -> None:
         self.loss_sum.fill_(loss)
@@ -81,27 +78,30 @@ class GraphedStep(TrainStep):
         return tuple(g["lr"] for g in self.optimizer.param_groups)
 
     def _capture(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        t0 = time.perf_counter()
         self.static_images, self.static_labels = images.clone(), labels.clone()
         graph = torch.cuda.CUDAGraph()
         graph.register_generator_state(self.generator)
         self.optimizer.zero_grad(set_to_none=True)            # the graph allocates the gradients
         torch.cuda.synchronize()
-        with torch.cuda.graph(graph):
+        # thread_local: the loader's threads may use CUDA while this thread captures
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             self.static_loss = self._compute(self.static_images, self.static_labels)
         self.graph, self._lrs = graph, self._current_lrs()
-        self.warmup_seconds += time.perf_counter() - t0
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.failed is None and self.graph is not None and self._current_lrs() != self._lrs:
             self.graph = None                                 # a learning-rate drop: capture again
             self._eager_steps = self.warmup - 1
         if self.failed is not None or self.graph is None and self._eager_steps < self.warmup:
-            t0 = time.perf_counter()
-            loss = super().__call__(images, labels)
+            if self.failed is None:                           # warm-up before a capture: on a side stream
+                side, current = torch.cuda.Stream(), torch.cuda.current_stream()
+                side.wait_stream(current)
+                with torch.cuda.stream(side):
+                    loss = super().__call__(images, labels)
+                current.wait_stream(side)
+            else:
+                loss = super().__call__(images, labels)
             self._eager_steps += 1
-            if self.failed is None and self.graph is None:
-                self.warmup_seconds += time.perf_counter() - t0
             return loss
         if self.graph is None:
             try:

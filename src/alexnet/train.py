@@ -94,7 +94,15 @@ def train_one_epoch(run: Run, epoch: int, stall: _Stall) -> bool:
     run.epoch = epoch
     try:
         for images, labels in loader:
+            warming, t_step = run.warm_steps > 0, time.perf_counter()
             loss = step(images, labels)
+            if warming:                                   # compilation and capture: timed apart
+                run.sync()
+                run.warm_steps -= 1
+                spent = time.perf_counter() - t_step
+                stats["warmup_seconds"] += spent
+                stats["warmup_images"] += run.global_batch
+                t0 += spent
             run.global_step += 1
             run.batch += 1
             stats["batches"] += 1
@@ -105,8 +113,9 @@ def train_one_epoch(run: Run, epoch: int, stall: _Stall) -> bool:
                 loss_value, stop_now, time_due = run.agree(loss)
                 _check_loss(run, loss_value, stall, epoch)
                 if bar is not None:
-                    bar.set_postfix_str(f"loss {loss_value:.3f} {stats['images'] / (time.perf_counter() - t0):,.0f} "
-                                        f"img/s lr {run.optimizer.param_groups[0]['lr']:g}")
+                    rate = (stats["images"] - stats["warmup_images"]) / max(time.perf_counter() - t0, 1e-9)
+                    bar.set_postfix_str(f"loss {loss_value:.3f} {rate:,.0f} img/s "
+                                        f"lr {run.optimizer.param_groups[0]['lr']:g}")
                 if stop_now or time_due or run.checkpoint_due():
                     stats.update(seconds=time.perf_counter() - t0, **run.sums())
                     run.save(epoch)
@@ -136,8 +145,8 @@ def end_epoch(run: Run, epoch: int, stall: _Stall) -> dict:
     metrics = {"epoch": epoch + 1, "step": run.global_step, "lr": run.optimizer.param_groups[0]["lr"],
                "train_loss": train_loss, "train_top1_error": train_err, "val_top1_error": val["top1_error"],
                "val_top5_error": val["top5_error"], "val_images": val["images"], "seconds": seconds,
-               "images_per_second": stats["images"] / seconds if seconds > 0 else 0.0,
-               "warmup_seconds": run.take_warmup_seconds(), "complete": complete}
+               "images_per_second": (stats["images"] - stats["warmup_images"]) / seconds if seconds > 0 else 0.0,
+               "warmup_seconds": stats["warmup_seconds"], "complete": complete}
     best = val["top1_error"] < run.best_error
     run.best_error = min(run.best_error, val["top1_error"])
     if complete and run.schedule.should_drop(epoch + 1, val["top1_error"]):
@@ -154,7 +163,8 @@ def end_epoch(run: Run, epoch: int, stall: _Stall) -> dict:
     if state is not None:
         run.keeper.save_epoch(state, epoch + 1, best) if complete else run.keeper.save(state, best)
     run.last_save = time.monotonic()
-    warm = f" (+{metrics['warmup_seconds']:.1f} s compile/warm-up, not counted)" if metrics["warmup_seconds"] else ""
+    warm = (f" (+{metrics['warmup_seconds']:.1f} s for the first {stats['warmup_images'] // run.global_batch} steps: "
+            "compilation and warm-up, not counted)") if metrics["warmup_seconds"] else ""
     run.log(f"epoch {epoch + 1}: train loss {train_loss:.4f} top-1 err {train_err:.4f} | val top-1 err "
             f"{val['top1_error']:.4f} top-5 err {val['top5_error']:.4f} | {metrics['images_per_second']:,.0f} img/s, "
             f"{seconds:.1f} s{warm}")

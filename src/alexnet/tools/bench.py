@@ -45,6 +45,7 @@ class BenchConfig:
     batches: tuple[int, ...] | None = None     # default (128, 256); CPU: (8,)
     forms: tuple[str, ...] | None = None       # default: every form this machine can run
     variants: tuple[str, ...] | None = None    # default: eager, compiled, graphed (CPU: eager)
+    only: tuple[str, ...] = ()                 # "form:variant" pairs: exactly these, in this order
     rows: tuple[str, ...] = ROWS
     steps: int | None = None                   # timed steps per run (20; CPU 2)
     repeats: int | None = None                 # runs; the median counts (5; CPU 1)
@@ -86,40 +87,54 @@ def _variants_for(form: str, variants) -> list[str]:
     return [v for v in variants if not (v == "graphed" and form.startswith("columns"))]
 
 
+def plan_pairs(cfg: BenchConfig, forms) -> list[tuple[str, str]]:
+    """The (form, variant) pairs to measure among `forms`: --only's, or every form x variant."""
+    if cfg.only:
+        pairs = [tuple(p.split(":", 1)) for p in cfg.only]
+        bad = [p for p in pairs if len(p) != 2 or p[1] not in bench_steps.VARIANTS
+               or p[0] not in {**bench_steps.FORMS, **bench_parallel.PARALLEL_FORMS}]
+        if bad:
+            raise ValueError(f"--only takes FORM:VARIANT pairs, not {bad}")
+        return [p for p in pairs if p[0] in forms]
+    return [(f, v) for f in forms for v in _variants_for(f, cfg.variants)]
+
+
 def step_rows(cfg: BenchConfig, device: torch.device, result: dict, save) -> None:
     log, timer = cfg.log, Timer(device)
     for batch in cfg.batches:
-        for form in cfg.forms:
-            for variant in _variants_for(form, cfg.variants):
-                log(f"step: {form} ({bench_steps.FORMS[form]}), {variant}, batch {batch} ...")
-                try:
-                    placement = bench_steps.build_form(form, device)
-                    fn = bench_steps.step_fn(placement, variant, batch, device, cfg.seed, log=log)
-                    t = measure({form: fn}, timer, cfg.warmup, cfg.steps, cfg.repeats)[form]
-                except Exception as e:  # noqa: BLE001 - a form that cannot run here is reported, not fatal
-                    log(f"  failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
-                    result["step"].append({"form": form, "variant": variant, "batch": batch, "error": str(e)[:300]})
-                    continue
-                graphs = getattr(fn.step, "failed", None)
-                row = {"form": form, "variant": variant, "batch": batch, "ms": t["ms"], "spread": t["spread"],
-                       "images_per_s": rate(batch, t["ms"]), "warmup_s": t["warmup_s"]}
-                if graphs:
-                    row["graph_capture_failed"] = graphs
-                result["step"].append(row)
-                log(f"  {_fmt_rate(row['images_per_s'])} img/s ({t['ms']:.2f} ms/step, spread "
-                    f"{100 * t['spread']:.0f}%, warm-up {t['warmup_s']:.1f} s)")
-                save()
-                del placement, fn
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
+        for form, variant in plan_pairs(cfg, cfg.forms):
+            log(f"step: {form} ({bench_steps.FORMS[form]}), {variant}, batch {batch} ...")
+            try:
+                placement = bench_steps.build_form(form, device)
+                fn = bench_steps.step_fn(placement, variant, batch, device, cfg.seed, log=log)
+                t = measure({form: fn}, timer, cfg.warmup, cfg.steps, cfg.repeats)[form]
+            except Exception as e:  # noqa: BLE001 - a form that cannot run here is reported, not fatal
+                log(f"  failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+                result["step"].append({"form": form, "variant": variant, "batch": batch, "error": str(e)[:300]})
+                continue
+            graphs = getattr(fn.step, "failed", None)
+            row = {"form": form, "variant": variant, "batch": batch, "ms": t["ms"], "spread": t["spread"],
+                   "images_per_s": rate(batch, t["ms"]), "warmup_s": t["warmup_s"]}
+            if graphs:
+                row["graph_capture_failed"] = graphs
+            result["step"].append(row)
+            log(f"  {_fmt_rate(row['images_per_s'])} img/s ({t['ms']:.2f} ms/step, spread "
+                f"{100 * t['spread']:.0f}%, warm-up {t['warmup_s']:.1f} s)")
+            save()
+            del placement, fn
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
 
 
 def parallel_rows(cfg: BenchConfig, device: torch.device, result: dict, save) -> None:
     if device.type == "cuda" and torch.cuda.device_count() < 2:
         cfg.log("parallel: needs two GPUs; skipped")
         return
-    variants = [v for v in cfg.variants if v in ("eager", "compiled")] or ["eager"]
     for form in bench_parallel.PARALLEL_FORMS:
+        variants = [v for f, v in plan_pairs(cfg, bench_parallel.PARALLEL_FORMS) if f == form] if cfg.only else \
+            [v for v in cfg.variants if v in ("eager", "compiled")] or ["eager"]
+        if not variants:
+            continue
         cfg.log(f"{form} ({bench_parallel.PARALLEL_FORMS[form]}), {', '.join(variants)}, batches "
                 f"{list(cfg.batches)} under torchrun ...")
         with tempfile.TemporaryDirectory() as tmp:
@@ -249,6 +264,8 @@ def add_parser(sub) -> None:
     p.add_argument("--forms", nargs="+", choices=list(bench_steps.FORMS), help="default: all this machine runs")
     p.add_argument("--variants", nargs="+", choices=list(bench_steps.VARIANTS), help="default: all (CPU: eager)")
     p.add_argument("--rows", nargs="+", choices=list(ROWS), help="what to measure (default: all)")
+    p.add_argument("--only", nargs="+", metavar="FORM:VARIANT", help="measure exactly these pairs, in this order, "
+                   "e.g. alexnet2012:graphed columns-2gpu:compiled ddp:compiled")
     p.add_argument("--steps", type=int, help="timed steps per run (default 20; CPU 2)")
     p.add_argument("--repeats", type=int, help="timed runs, the median counts (default 5; CPU 1)")
     p.add_argument("--warmup", type=int, help="untimed steps first (default 10; CPU 1)")
@@ -269,7 +286,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     log = (lambda *a, **k: None) if args.quiet else (lambda *a, **k: print(*a, file=out, flush=True))
     cfg = BenchConfig(device=args.device, batches=tuple(args.batch) if args.batch else None,
                       forms=tuple(args.forms) if args.forms else None,
-                      variants=tuple(args.variants) if args.variants else None,
+                      variants=tuple(args.variants) if args.variants else None, only=tuple(args.only or ()),
                       rows=tuple(args.rows) if args.rows else ROWS, steps=args.steps, repeats=args.repeats,
                       warmup=args.warmup, data=args.data, replicate_to=args.replicate_to, e2e_steps=args.e2e_steps,
                       workers=tuple(args.workers) if args.workers else (None,), workdir=args.workdir,
