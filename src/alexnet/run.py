@@ -188,10 +188,9 @@ def _setup(cfg: TrainConfig, log, stop, given, dist: DistributedContext) -> Run:
     if resume is not None and resume["classes"] != classes:
         raise DataError(cfg.data, f"its classes differ from those of the run being resumed ({run_dir / 'last.pt'})")
     model, options_used, recipe = _network(cfg, len(classes), resume, log)
-    placement = place(model, cfg.parallel, dist, devices, recipe)
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    placement.model.to(memory_format=memory_format)
+    placement = place(model, cfg.parallel, dist, devices, recipe, memory_format)
     amp = amp_dtype(cfg.precision, device)
     global_batch, local_batch, lr = _batches(cfg, placement.loader_shard[1])
     if len(train_split) < global_batch:

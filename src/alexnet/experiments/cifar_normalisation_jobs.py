@@ -71,7 +71,7 @@ class Job:
 
 def cuda_flags(dev: torch.device) -> torch.device:
     if dev.type == "cuda":
-        torch.cuda.set_device(dev)
+        torch.cuda.set_device(dev.index if dev.index is not None else torch.cuda.current_device())
         torch.backends.cudnn.benchmark = True          # fixed shapes: pick the fastest algorithms once
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     return dev

@@ -33,17 +33,20 @@ __all__ = ["Placement", "place"]
 
 
 def place(model: nn.Module, parallel: str, dist: DistributedContext, devices: list[torch.device],
-          recipe: str) -> "Placement":
-    """Put a freshly built (grouped) model where the run wants it."""
+          recipe: str, memory_format=torch.contiguous_format) -> "Placement":
+    """Put a freshly built (grouped) model where the run wants it, in `memory_format` (before DDP
+    builds its gradient buckets, which must match the parameters' strides)."""
+    model = model.to(memory_format=memory_format)
     if parallel == "columns" and dist.enabled:
         if dist.world_size != 2:
             raise ConfigError(f"--parallel columns runs in one process or in two (torchrun --nproc-per-node 2), "
                               f"not {dist.world_size}")
-        column = DistributedColumnAlexNet(model.config).to(dist.device)
+        column = DistributedColumnAlexNet(model.config).to(dist.device).to(memory_format=memory_format)
         column.load_grouped_state_dict(model.state_dict())
         return Placement("columns-distributed", column.train(), dist, recipe)
     if parallel == "columns":
-        return Placement("columns", TwoDeviceAlexNet.from_grouped(model, devices).train(), dist, recipe)
+        two = TwoDeviceAlexNet.from_grouped(model, devices).to(memory_format=memory_format)
+        return Placement("columns", two.train(), dist, recipe)
     return Placement("ddp" if dist.enabled else "single", model.to(devices[0]), dist, recipe)
 
 

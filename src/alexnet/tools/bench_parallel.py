@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m alexnet.tools.bench_parallel", description=__doc__.split("\n\n")[0])
     p.add_argument("--form", choices=list(PARALLEL_FORMS), required=True)
     p.add_argument("--batches", type=int, nargs="+", default=[128, 256])
-    p.add_argument("--variants", nargs="+", choices=["eager", "compiled"], default=["eager", "compiled"])
+    p.add_argument("--variants", nargs="+", choices=["eager", "compiled", "graphed"], default=["eager", "compiled"])
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--repeats", type=int, default=5)
@@ -67,10 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         for batch in args.batches:
             for variant in args.variants:
                 torch.manual_seed(0)
+                fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
                 placement = place(build_model("alexnet2012"), "columns" if args.form == "columns-2proc" else "data",
-                                  dist, [device], "paper")
-                placement.model.to(memory_format=torch.channels_last if device.type == "cuda"
-                                   else torch.contiguous_format).train()
+                                  dist, [device], "paper", fmt)
+                placement.model.train()
                 fn = step_fn(placement, variant, batch, device, seed=0 if args.form != "ddp" else dist.rank,
                              log=lambda *a: None)
                 # a fixed number of steps: the processes must run the same collectives

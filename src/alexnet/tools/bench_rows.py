@@ -116,7 +116,7 @@ def profiles(cfg, device: torch.device, result: dict, save) -> None:
     """GPU time by kernel category for the grouped step, and per GPU for the two columns."""
     timer, batch = Timer(device), max(cfg.batches)
     out = result["profile"] = {"batch": batch}
-    for form, variant in (("alexnet2012", "compiled"), ("columns-2gpu", "compiled")):
+    for form, variant in (("alexnet2012", "compiled"), ("columns-2gpu", "eager")):
         if form not in cfg.forms:
             continue
         fn = bench_steps.step_fn(bench_steps.build_form(form, device), variant, batch, device, cfg.seed)

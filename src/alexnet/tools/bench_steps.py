@@ -54,15 +54,16 @@ def build_form(form: str, device: torch.device, impl: str = "auto", fast: str = 
     else:
         options = {"impl": impl, "fast": fast} | ({"columns": 1} if form == "one-column" else {})
         model = build_model("alexnet2012", **options)
+    fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     if form.startswith("columns"):
         if form == "columns-2gpu" and torch.cuda.device_count() < 2:
             raise RuntimeError("needs two GPUs")
         devices = ("cuda:0", "cuda:1") if form == "columns-2gpu" else (device, device)
-        placement = Placement("columns", TwoDeviceAlexNet.from_grouped(model, devices), DistributedContext(), "paper")
+        two = TwoDeviceAlexNet.from_grouped(model, devices).to(memory_format=fmt)
+        placement = Placement("columns", two, DistributedContext(), "paper")
     else:
-        placement = Placement("single", model.to(device), DistributedContext(), "paper")
-    fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    placement.model.to(memory_format=fmt).train()
+        placement = Placement("single", model.to(device).to(memory_format=fmt), DistributedContext(), "paper")
+    placement.model.train()
     return placement
 
 
