@@ -30,11 +30,12 @@ TWO = CUDA and torch.cuda.device_count() >= 2
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs CUDA")]
 needs_two = pytest.mark.skipif(not TWO, reason="needs two GPUs")
 #: (largest element-wise error of the columns) <= FACTOR * (the grouped network's) + FLOOR * scale. The
-#: floor: fp32 sums over a batch in another order (a bias gradient is 2,704 terms here; cuDNN picks other
-#: algorithms for a grouped and an ungrouped convolution) differ by ~1e-6 of the largest element; a race
-#: or a kernel on the wrong GPU gives errors of order one, or NaN.
+#: floor: cuDNN picks other fp32 algorithms for a column's half-width convolutions than for the whole
+#: network's (measured on two H200s: conv1's weight gradient differed from float64 by 3.5e-4 of its
+#: largest element in both column forms alike, against 9e-7 for the grouped net, on one of three
+#: inputs); a race or a kernel launched on the wrong GPU gives errors of order one, or NaN.
 FACTOR = {"fp32": 2.0, "bf16": 3.0}
-FLOOR = {"fp32": 2e-5, "bf16": 1e-3}
+FLOOR = {"fp32": 1e-3, "bf16": 1e-3}
 
 
 def elementwise(a: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
