@@ -203,7 +203,11 @@ def test_replicas_are_independent_copies_of_the_single_net(arch):
     """Replica r of a stacked model computes exactly what a single net built with seed r does:
     outputs, and gradients of the summed per-replica losses."""
     from alexnet.models import build_model
-    from alexnet.models.cuda_convnet import replica_bias, replica_slice
+    from alexnet.models.cuda_convnet import replica_slice
+
+    def replica_bias(bias, index, replicas):
+        rows = bias.shape[0] // replicas
+        return bias[index * rows:(index + 1) * rows]
 
     seeds = (3, 7)
     stacked = build_model(arch, replicas=2, init_seeds=seeds).double()

@@ -95,19 +95,10 @@ def _split_args(args: argparse.Namespace) -> tuple[dict, dict]:
     return fields, arch
 
 
-def train_config(argv: list[str]) -> tuple:
-    """(the TrainConfig and the set of options given) that `alexnet train ARGV` would run, for a
-    given --data (the demo's defaults are not applied)."""
+def train_config(args: argparse.Namespace):
+    """(TrainConfig, the options given, whether it is the demo) of parsed `alexnet train` arguments:
+    the flags given, the demo's defaults without --data, a timestamped --out when none is given."""
     from alexnet.config import TrainConfig
-
-    fields, arch_options = _split_args(build_parser().parse_args(["train", *argv]))
-    given = set(fields) | ({"arch_options"} if arch_options else set())
-    return TrainConfig(arch_options=arch_options, **fields), given
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from alexnet.config import TrainConfig, check
-    from alexnet.train import train
 
     fields, arch_options = _split_args(args)
     given = set(fields) | ({"arch_options"} if arch_options else set())
@@ -120,7 +111,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     if demo:
         fields = dict(epochs=6, batch_size=64, schedule="step", milestones=[4], stall_window=300) | fields
         fields["data"] = str(Path(fields["out"]) / "shapes")
-    cfg = TrainConfig(arch_options=arch_options, **fields)
+    return TrainConfig(arch_options=arch_options, **fields), given, demo
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from alexnet.config import check
+    from alexnet.train import train
+
+    cfg, given, demo = train_config(args)
     check(cfg)                                   # every option, before any data is made or read
     if demo:
         from alexnet.data.synthetic import make_shapes

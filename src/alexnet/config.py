@@ -70,7 +70,8 @@ class TrainConfig:
     channels_last: bool | None = option(None, "channels_last memory (default: on CUDA)", resume="apply",
                                         group="running")
     compile: bool | None = option(None, "torch.compile the step (default: on CUDA)", resume="apply", group="running")
-    cuda_graphs: bool | None = option(None, "replay each step as one CUDA graph (default: on one CUDA device)",
+    cuda_graphs: bool | None = option(None, "replay each step as one CUDA graph (default: on for one GPU and for "
+                                            "one column per process; DDP and the one-process columns: off)",
                                       resume="apply", group="running")
     parallel: str = option("data", "data: one device or DDP under torchrun; columns: alexnet2012's two columns "
                                    "on two devices or two torchrun processes (a run may resume in another form)",

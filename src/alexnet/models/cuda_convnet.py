@@ -217,7 +217,3 @@ def replica_slice(weight: torch.Tensor, layer: str, index: int, replicas: int) -
     rows = weight.shape[0] // replicas             # conv: (R*F, C, k, k); fc: (R*O, I)
     return weight[index * rows:(index + 1) * rows]
 
-
-def replica_bias(bias: torch.Tensor, index: int, replicas: int) -> torch.Tensor:
-    rows = bias.shape[0] // replicas
-    return bias[index * rows:(index + 1) * rows]

@@ -103,12 +103,6 @@ class TwoDeviceAlexNet(nn.Module):
         out.load_grouped_state_dict(model.state_dict())
         return out.train(model.training)
 
-    def to_grouped(self, device=None) -> AlexNet2012:
-        """The single-device `AlexNet2012` with these weights, on `device` (default devices[0])."""
-        model = AlexNet2012(self.config).to(device or self.devices[0])
-        model.load_state_dict(self.grouped_state_dict())
-        return model.train(self.training)
-
     @property
     def devices(self) -> tuple[torch.device, torch.device]:
         return tuple(c.conv1.weight.device for c in self.columns)
@@ -182,7 +176,7 @@ class DistributedColumnAlexNet(AlexNet2012):
         model = DistributedColumnAlexNet(cfg).to(device)
         out = model(x)                  # rank 0: logits (N, classes); rank 1: a 0-dim placeholder
         loss = model.loss(out, y)       # rank 0: cross-entropy; rank 1: the placeholder
-        opt.zero_grad(); loss.backward(); opt.step()     # on both ranks
+        opt.zero_grad(); loss.backward(); opt.step()     # on both ranks (rank 0's loss is the run's)
 
     On rank 1, `loss.backward()` starts at the placeholder: its backward receives rank 1's fc7
     gradient from rank 0 (a scatter), then runs the same reduce-scatters as rank 0.
@@ -229,18 +223,6 @@ class DistributedColumnAlexNet(AlexNet2012):
     def loss(self, out: torch.Tensor, target: torch.Tensor, criterion=F.cross_entropy) -> torch.Tensor:
         """Rank 0: criterion(logits, target). Rank 1: the placeholder itself, to call backward on."""
         return criterion(out, target) if self.is_root else out
-
-    def shared_loss(self, loss: torch.Tensor) -> torch.Tensor:
-        """Collective: rank 0's loss value (detached) on both ranks."""
-        value = loss.detach().reshape(()).clone()
-        td.broadcast(value, src=self._root(), group=self.group)
-        return value
-
-    def broadcast_batch(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Give rank 1 rank 0's batch (in place; same shapes and dtypes on both ranks)."""
-        for t in tensors:
-            td.broadcast(t, src=self._root(), group=self.group)
-        return tensors
 
     def load_grouped_state_dict(self, sd: Mapping[str, torch.Tensor]) -> None:
         """Load this rank's half of a grouped checkpoint (every rank reads the whole file)."""

@@ -3,8 +3,8 @@
 `torchrun --nproc-per-node N -m alexnet train ...` sets RANK, WORLD_SIZE and LOCAL_RANK (and
 MASTER_ADDR/MASTER_PORT). `init_from_env()` starts the default process group from them: NCCL when
 CUDA is used (after `torch.cuda.set_device(LOCAL_RANK)`), gloo otherwise. Without torchrun it does
-nothing, and every helper is then the one-process identity, so a training loop can call them
-unconditionally.
+nothing, and a `DistributedContext` is then the one-process identity, so a training loop can call
+it unconditionally.
 
 `DistributedContext.from_env()` is what `alexnet.train` uses: rank, world size, this process's
 device, DDP wrapping and the few reductions the loop needs. A process group that the caller has
@@ -62,40 +62,6 @@ def init_from_env(backend: str | None = None, timeout_s: float | None = None, in
     return True
 
 
-def rank() -> int:
-    return td.get_rank() if _active() else 0
-
-
-def world_size() -> int:
-    return td.get_world_size() if _active() else 1
-
-
-def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0")) if _active() else 0
-
-
-def device() -> torch.device:
-    """This process's device: cuda:LOCAL_RANK when CUDA is available, else the CPU."""
-    return torch.device(f"cuda:{local_rank()}") if torch.cuda.is_available() else torch.device("cpu")
-
-
-def is_main() -> bool:
-    """True on rank 0, and when not distributed."""
-    return rank() == 0
-
-
-def barrier() -> None:
-    if _active():
-        td.barrier()
-
-
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum `tensor` over all ranks, in place (identity when not distributed); returns it."""
-    if _active():
-        td.all_reduce(tensor, op=td.ReduceOp.SUM)
-    return tensor
-
-
 def broadcast_object(obj, src: int = 0):
     """Rank `src`'s `obj` on every rank (the object itself when not distributed)."""
     if not _active():
@@ -103,11 +69,6 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     td.broadcast_object_list(box, src=src)
     return box[0]
-
-
-def cleanup() -> None:
-    if _active():
-        td.destroy_process_group()
 
 
 @dataclass
@@ -190,5 +151,4 @@ class DistributedContext:
             td.destroy_process_group()
 
 
-__all__ = ["DEFAULT_TIMEOUT_S", "DistributedContext", "all_reduce_sum", "barrier", "broadcast_object", "cleanup",
-           "device", "init_from_env", "is_main", "local_rank", "rank", "under_torchrun", "world_size"]
+__all__ = ["DEFAULT_TIMEOUT_S", "DistributedContext", "broadcast_object", "init_from_env", "under_torchrun"]
