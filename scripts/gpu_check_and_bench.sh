@@ -7,13 +7,7 @@
 #      DDP), with the per-GPU busy/idle profile of the two columns.
 # Writes $OUT/gpu_tests.log, $OUT/bench.json, $OUT/bench.log; prints the test summary and the table last.
 # Environment: OUT (default /tmp/out), TEST_TIMEOUT (default 300 s), BENCH_TIMEOUT (default 330 s).
-set -uo pipefail
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 \
-       NVSHMEM_DISABLE_NVLS=1 TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/inductor-cache}
-T0=$(date +%s)
-stamp() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
+source scripts/gpu_env.sh
 stamp "$(python -c 'import torch, torchvision, triton; print("torch", torch.__version__, "torchvision", torchvision.__version__, "triton", triton.__version__, "gpus", torch.cuda.device_count())')"
 nvidia-smi --query-gpu=index,name,memory.used,memory.total --format=csv,noheader || true
 

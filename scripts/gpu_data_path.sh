@@ -10,14 +10,8 @@
 #      256 and 128 per GPU; 400 steps from store D at 256 and 128.
 # Writes logs under $OUT; prints a table last: images/s per run (compile and warm-up excluded, reported
 # apart), the epoch's time and the 90-epoch projection. Environment: OUT (default /tmp/out), COUNT.
-set -uo pipefail
-OUT=${OUT:-/tmp/out}
+source scripts/gpu_env.sh
 COUNT=${COUNT:-1281167}
-mkdir -p "$OUT"
-export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 \
-       NVSHMEM_DISABLE_NVLS=1 TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/inductor-cache}
-T0=$(date +%s)
-stamp() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
 LOG="$OUT/data_path.log"
 : > "$LOG"
 

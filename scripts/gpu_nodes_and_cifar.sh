@@ -4,13 +4,7 @@
 #      --node-rank 0|1, rendezvous on localhost, NCCL), one epoch of cifar-alexnet on CIFAR-10;
 #   2. the paper's CIFAR-10 normalisation claim: scripts/gpu_cifar_normalisation.sh (its table last).
 # Environment: OUT (default /tmp/out); the CIFAR script's own (SEEDS, BUDGET_S, EXTRA).
-set -uo pipefail
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 \
-       NVSHMEM_DISABLE_NVLS=1 TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/inductor-cache}
-T0=$(date +%s)
-stamp() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
+source scripts/gpu_env.sh
 if [ ! -f /tmp/c32/meta.json ]; then
   mkdir -p /tmp/cifar && timeout 120 tar -xzf .carry/cifar10-jpeg.tar.gz -C /tmp/cifar
   timeout 300 python -m alexnet prepare /tmp/cifar/cifar10-jpeg /tmp/c32 --size 32 --workers 16 > "$OUT/nodes.log" 2>&1

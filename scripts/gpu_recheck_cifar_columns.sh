@@ -3,13 +3,7 @@
 # failed on their first run (tolerances, a device index), the CIFAR-10 normalisation experiment, the
 # two-process columns replayed as one CUDA graph per process, and where the one-process columns' time
 # goes per GPU. Logs in $OUT; each stage under a timeout.
-set -uo pipefail
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 \
-       NVSHMEM_DISABLE_NVLS=1 TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/inductor-cache}
-T0=$(date +%s)
-stamp() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
+source scripts/gpu_env.sh
 timeout 150 python -m pytest -q -p no:cacheprovider -m gpu tests/test_columns_gpu.py tests/test_cuda_convnet.py \
     -k "fp32 or 200 or graph_steps" -rfE > "$OUT/tests2.log" 2>&1
 stamp "tests: $(tail -1 "$OUT/tests2.log")"
