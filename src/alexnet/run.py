@@ -192,7 +192,8 @@ def _setup(cfg: TrainConfig, log, stop, given, dist: DistributedContext) -> Run:
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     placement = place(model, cfg.parallel, dist, devices, recipe, memory_format)
     amp = amp_dtype(cfg.precision, device)
-    global_batch, local_batch, lr = _batches(cfg, placement.loader_shard[1])
+    shard_rank, shards = placement.loader_shard
+    global_batch, local_batch, lr = _batches(cfg, shards)
     if len(train_split) < global_batch:
         raise DataError(cfg.data, f"the train split holds {len(train_split)} images, fewer than one batch of "
                                   f"{global_batch}: lower --batch-size")
@@ -219,9 +220,9 @@ def _setup(cfg: TrainConfig, log, stop, given, dist: DistributedContext) -> Run:
               test_name=test_name, classes=classes, class_names=class_names, mean=mean, placement=placement,
               optimizer=optimizer, schedule=schedule, augment=augment, generators=generators, step=step, amp=amp,
               channels_last=channels_last, global_batch=global_batch, local_batch=local_batch,
-              shard=placement.loader_shard, options_used=options_used, recipe=recipe, feeders={},
+              options_used=options_used, recipe=recipe, feeders={},
               train_feeder=Feeder(train_split, global_batch, shuffle=True, seed=cfg.seed, drop_last=True,
-                                  device=device, rank=placement.loader_shard[0], world_size=placement.loader_shard[1],
+                                  device=device, rank=shard_rank, world_size=shards,
                                   workers=cfg.loader_workers, decode=cfg.decode),
               keeper=CheckpointKeeper(run_dir, cfg.keep_checkpoints), epoch=0, batch=0, global_step=0,
               best_error=float("inf"), batches_per_epoch=len(train_split) // global_batch,

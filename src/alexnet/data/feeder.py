@@ -33,6 +33,7 @@ from collections import deque
 import numpy as np
 import torch
 
+from alexnet.data.handoff import on_current_stream
 from alexnet.data.inprocess import InProcessLoader
 from alexnet.data.order import epoch_shards, num_batches
 from alexnet.data.ring import Ring, SlotLayout
@@ -318,12 +319,7 @@ class EpochBatches:
             items = in_thread(items, f.prefetch, f.device)
         try:
             for x, y, ev in items:
-                if ev is not None:
-                    cur = torch.cuda.current_stream(f.device)
-                    cur.wait_event(ev)
-                    x.record_stream(cur)
-                    y.record_stream(cur)
-                yield x, y
+                yield on_current_stream(x, y, ev, f.device)
         finally:
             items.close()
 

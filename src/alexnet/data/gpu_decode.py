@@ -16,6 +16,7 @@ import warnings
 
 import torch
 
+from alexnet.data.handoff import Failure, put, stop_and_drain
 from alexnet.errors import DataError
 
 __all__ = ["decode_slot", "in_thread"]
@@ -70,22 +71,7 @@ def decode_slot(feeder, slot: int, n: int, rows):
     return x.permute(0, 3, 1, 2), y, ev
 
 
-class _Failure:
-    def __init__(self, exc: BaseException):
-        self.exc = exc
-
-
 _END = object()
-
-
-def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
-    while not stop.is_set():
-        try:
-            q.put(item, timeout=0.1)
-            return True
-        except queue.Full:
-            continue
-    return False
 
 
 def in_thread(items, depth: int, device: torch.device):
@@ -102,11 +88,11 @@ def in_thread(items, depth: int, device: torch.device):
             torch.cuda.set_device(index)
         try:
             for item in items:
-                if not _put(q, item, stop):
+                if not put(q, item, stop):
                     return
-            _put(q, _END, stop)
+            put(q, _END, stop)
         except BaseException as e:  # raised in the consumer
-            _put(q, _Failure(e), stop)
+            put(q, Failure(e), stop)
         finally:
             items.close()
 
@@ -117,13 +103,8 @@ def in_thread(items, depth: int, device: torch.device):
             item = q.get()
             if item is _END:
                 return
-            if isinstance(item, _Failure):
+            if isinstance(item, Failure):
                 raise item.exc
             yield item
     finally:
-        stop.set()
-        while th.is_alive():
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                th.join(0.05)
+        stop_and_drain(stop, q, th)

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from alexnet.data.handoff import Failure, on_current_stream, put, stop_and_drain
 from alexnet.data.order import epoch_order, epoch_shards, num_batches, shard_bounds
 
 __all__ = ["InProcessLoader", "READERS", "default_threads"]
@@ -96,11 +97,6 @@ class _RawFile:
         if self.fd is not None:
             os.close(self.fd)
         self.src = self._mm = None
-
-
-class _Failure:
-    def __init__(self, exc: BaseException):
-        self.exc = exc
 
 
 class InProcessLoader:
@@ -227,23 +223,14 @@ class InProcessLoader:
                         ev.record(stream)
                 elif self.device.type != "cpu":
                     x, y = x.to(self.device), y.to(self.device)
-                self._put(q, (x, y, ev), stop)
+                put(q, (x, y, ev), stop)
         except BaseException as e:  # handed to the consumer, raised there
-            self._put(q, _Failure(e), stop)
+            put(q, Failure(e), stop)
         finally:
             if pool is not None:
                 pool.shutdown(wait=True)
             if raw is not None:
                 raw.close()
-
-    @staticmethod
-    def _put(q: queue.Queue, item, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
 
     def __iter__(self):
         shards = self.shards()
@@ -256,19 +243,8 @@ class InProcessLoader:
         try:
             for _ in range(len(shards)):
                 item = q.get()
-                if isinstance(item, _Failure):
+                if isinstance(item, Failure):
                     raise item.exc
-                x, y, ev = item
-                if ev is not None:
-                    cur = torch.cuda.current_stream(self.device)
-                    cur.wait_event(ev)
-                    x.record_stream(cur)
-                    y.record_stream(cur)
-                yield x, y
+                yield on_current_stream(*item, self.device)
         finally:
-            stop.set()
-            while th.is_alive():
-                try:
-                    q.get_nowait()
-                except queue.Empty:
-                    th.join(0.05)
+            stop_and_drain(stop, q, th)
