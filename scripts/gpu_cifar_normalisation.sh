@@ -10,7 +10,9 @@
 # (which first times its steps and prints the plan), the table.
 # Environment: OUT (default /tmp/out), SEEDS (default "0 1 2"), BUDGET_S (the experiment stops before
 # training when its timed plan projects more seconds than this; default 600), RUN_TIMEOUT (a hard
-# limit in seconds, default 1200), EXTRA (more options for the experiment, e.g. "--precision fp32").
+# limit in seconds, default 1200), CALL_LIMIT (the device call's limit in seconds: the hard limit is
+# cut so that the finished nets' results are copied to $OUT before it), EXTRA (more options for the
+# experiment, e.g. "--precision fp32").
 set -euo pipefail
 OUT=${OUT:-/tmp/out}
 SEEDS=${SEEDS:-0 1 2}
@@ -36,6 +38,11 @@ RUN=(python -m alexnet experiment cifar-normalisation --data "$WORK/prep" --out 
 timeout 300 "${RUN[@]}" --devices cuda:0 --smoke 2>&1 | tee "$OUT/smoke.log"
 stamp "smoke test passed"
 
+if [ -n "${CALL_LIMIT:-}" ]; then
+  left=$(( CALL_LIMIT - ($(date +%s) - T0) - 30 ))
+  [ "$left" -lt "$RUN_TIMEOUT" ] && RUN_TIMEOUT=$left
+  stamp "hard limit for the experiment: $RUN_TIMEOUT s"
+fi
 status=0
 timeout --kill-after=20 "$RUN_TIMEOUT" "${RUN[@]}" --devices cuda:0 cuda:1 --budget-seconds "$BUDGET_S" 2>&1 | tee "$OUT/run.log" || status=$?
 stamp "experiment finished (exit $status)"

@@ -330,3 +330,42 @@ def test_memory_on_cuda_measures_one_column_below_the_whole_network():
     assert whole > 3 * 4 * 60_000_000, info                # weights, gradients, velocities
     assert r["cap"]["column_0"]["fits"] and r["cap"]["held_by_caller_bytes"] >= held.numel(), info
     assert "under a cap of 1.5 GiB" in format_report(r)
+
+
+@pytest.mark.distributed
+def test_ddp_with_the_all_reduce_in_the_step_equals_ddp(shapes, tmp_path):
+    """`--ddp-reduce step` (the step all-reduces the gradients after backward: what the CUDA-graph
+    step uses on GPUs) against torch's DDP: the same weights and velocities after 3 steps, dropout
+    and augmentation on (each rank its own draws, the same in both runs)."""
+    args = ["--data", str(shapes), "--arch", "cifar-alexnet", "--batch-size", "16", "--epochs", "1", "--max-steps",
+            "3", "--deterministic", "--no-progress", "--device", "cpu", "--eval-batch-size", "7"]
+    out = _torchrun(2, [*args, "--ddp-reduce", "step", "--out", str(tmp_path / "step")])
+    assert "gradients all-reduced in the step" in out
+    _torchrun(2, [*args, "--ddp-reduce", "ddp", "--out", str(tmp_path / "ddp")])
+    a, b = load_checkpoint(tmp_path / "step" / "last.pt"), load_checkpoint(tmp_path / "ddp" / "last.pt")
+    _assert_weights_close(a["model"], b["model"], atol=1e-6)
+    _assert_weights_close({i: s["velocity"] for i, s in a["optimizer"]["state"].items()},
+                          {i: s["velocity"] for i, s in b["optimizer"]["state"].items()}, atol=1e-7)
+    assert any(s["velocity"].abs().max() > 0 for s in a["optimizer"]["state"].values())
+
+
+TWO_GPUS = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs two GPUs")
+
+
+@pytest.mark.gpu
+@TWO_GPUS
+@pytest.mark.parametrize("form", ["ddp", "columns"])
+def test_graphed_distributed_runs_finish_and_exit(form, shapes, shapes224, tmp_path):
+    """Both forms whose CUDA graph holds NCCL collectives (DDP with the all-reduces in the step, one
+    column per process) train a few steps, save, and the processes exit: the graph is freed before
+    the process group is destroyed (destroy_process_group hangs otherwise, pytorch/pytorch#115388)."""
+    if form == "ddp":
+        args = ["--data", str(shapes), "--arch", "cifar-alexnet", "--cuda-graphs", "--batch-per-process", "16"]
+    else:
+        args = ["--data", str(shapes224), "--arch", "alexnet2012", "--parallel", "columns", "--batch-per-process", "8"]
+    out = _torchrun(2, [*args, "--epochs", "1", "--max-steps", "12", "--no-progress", "--eval-batch-size", "8",
+                        "--out", str(tmp_path / form)], timeout_s=300)
+    assert "CUDA graphs" in out
+    if form == "ddp":
+        assert "gradients all-reduced in the step" in out
+    assert (tmp_path / form / "last.pt").exists()

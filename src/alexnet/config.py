@@ -71,8 +71,12 @@ class TrainConfig:
                                         group="running")
     compile: bool | None = option(None, "torch.compile the step (default: on CUDA)", resume="apply", group="running")
     cuda_graphs: bool | None = option(None, "replay each step as one CUDA graph (default: on for one GPU and for "
-                                            "one column per process; DDP and the one-process columns: off)",
-                                      resume="apply", group="running")
+                                            "one column per process; under DDP it puts the all-reduces in the "
+                                            "graph; the one-process columns: off)", resume="apply", group="running")
+    ddp_reduce: str = option("auto", "data parallel: who all-reduces the gradients: ddp (torch's DDP, overlapped "
+                                     "with the backward pass), step (the step, after the backward pass: what a "
+                                     "CUDA graph of the step needs); auto: step when the step is a CUDA graph",
+                             choices=("auto", "ddp", "step"), resume="apply", group="running")
     parallel: str = option("data", "data: one device or DDP under torchrun; columns: alexnet2012's two columns "
                                    "on two devices or two torchrun processes (a run may resume in another form)",
                            choices=("data", "columns"), resume="apply", group="running")

@@ -150,7 +150,7 @@ class LocallyConnected(nn.Module):
     `filterChannels x filterPixels`); positions row-major. Initialised N(0, init_std) (cuda-convnet's
     `initW` is the standard deviation of a normal), biases 0 (`initB` defaults to 0).
 
-    One unfold and one batched matrix product per call: no loop over positions.
+    One gather of the windows and one batched matrix product per call: no loop over positions.
     """
 
     def __init__(self, in_channels: int, out_channels: int, in_size: int, kernel: int, padding: int = 0,
@@ -175,14 +175,16 @@ class LocallyConnected(nn.Module):
         self.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, g, s = x.shape[0], self.groups, self.out_size
-        if self.overhang:
-            x = F.pad(x, (0, self.overhang, 0, self.overhang))
-        cols = F.unfold(x, self.kernel, padding=self.padding, stride=self.stride)  # (N, C*k*k, L)
-        cols = cols.view(n, g, -1, s * s).permute(3, 1, 0, 2).reshape(s * s * g, n, -1)  # (L*G, N, Cg*k*k)
+        n, g, s, k, p = x.shape[0], self.groups, self.out_size, self.kernel, self.padding
+        # The windows as a view (Tensor.unfold: no copy, and one kernel for its backward; F.unfold
+        # launches one im2col per image on CUDA), made dense once in the (position, group) order.
+        x = F.pad(x, (p, p + self.overhang, p, p + self.overhang))
+        win = x.unfold(2, k, self.stride).unfold(3, k, self.stride)                   # (N, C, S, S, k, k)
+        cols = win.reshape(n, g, -1, s, s, k, k).permute(3, 4, 1, 0, 2, 5, 6).reshape(s * s * g, n, -1)
         out = torch.bmm(cols, self.weight.reshape(s * s * g, -1, self.weight.shape[-1]))  # (L*G, N, Fg)
         out = out.view(s, s, g, n, -1).permute(3, 2, 4, 0, 1)                        # (N, G, Fg, S, S)
-        return out.reshape(n, self.out_channels, s, s) + self.bias
+        # The bias in the product's dtype (as a convolution's under autocast): bf16 stays bf16.
+        return out.reshape(n, self.out_channels, s, s) + self.bias.to(out.dtype)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, in_size={self.in_size}, kernel={self.kernel}, "

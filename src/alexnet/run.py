@@ -125,9 +125,12 @@ class Run:
                     mininterval=1.0)
 
     def close(self) -> None:
-        for feeder in [self.train_feeder] + [f for _, f in self.feeders.values()]:
-            feeder.close()
-        self.dist.cleanup()
+        try:
+            self.step.release()                  # a graph with NCCL inside must go before the group
+        finally:
+            for feeder in [self.train_feeder] + [f for _, f in self.feeders.values()]:
+                feeder.close()
+            self.dist.cleanup()
 
 
 def snapshot(run: Run, completed_epochs: int) -> dict | None:
@@ -190,7 +193,14 @@ def _setup(cfg: TrainConfig, log, stop, given, dist: DistributedContext) -> Run:
     model, options_used, recipe = _network(cfg, len(classes), resume, log)
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    placement = place(model, cfg.parallel, dist, devices, recipe, memory_format)
+    # CUDA graphs by default where they were measured fastest and checked: one device, and one column
+    # per process (the NCCL exchanges inside the graph). Data parallel with the all-reduces inside the
+    # graph (--cuda-graphs under torchrun) is not the default yet: its exit on GPUs is unverified.
+    one_column_each = cfg.parallel == "columns" and dist.enabled
+    graphs = cfg.cuda_graphs if cfg.cuda_graphs is not None else (
+        device.type == "cuda" and (one_column_each or cfg.parallel == "data" and not dist.enabled))
+    reduce = cfg.ddp_reduce if cfg.ddp_reduce != "auto" else ("step" if graphs else "ddp")
+    placement = place(model, cfg.parallel, dist, devices, recipe, memory_format, reduce)
     amp = amp_dtype(cfg.precision, device)
     shard_rank, shards = placement.loader_shard
     global_batch, local_batch, lr = _batches(cfg, shards)
@@ -208,10 +218,6 @@ def _setup(cfg: TrainConfig, log, stop, given, dist: DistributedContext) -> Run:
         if d.type == "cuda" and d.index not in (None, torch.cuda.current_device()):
             generators[f"cuda:{d.index}"] = torch.cuda.default_generators[d.index]
     compile_ = cfg.compile if cfg.compile is not None else device.type == "cuda"
-    # CUDA graphs by default where they were measured fastest and checked: one device, and one column
-    # per process (each process replays its column's whole step, the NCCL exchanges inside the graph).
-    graphs = cfg.cuda_graphs if cfg.cuda_graphs is not None else (
-        device.type == "cuda" and placement.kind in ("single", "columns-distributed"))
     mean = data.mean.to(device)
     step = make_step(placement, optimizer, augment, (mean, data.pca_eigvals.to(device), data.pca_eigvecs.to(device)),
                      aug_gen, amp, memory_format, compile_, graphs, log)

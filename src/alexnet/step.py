@@ -10,8 +10,10 @@ Three ways to run the same computation, chosen when the run starts:
 * compiled (`torch.compile` of the network, or of each column's stages, and of the augmentation);
 * replayed as one CUDA graph (`GraphedStep`): after a few eager steps the whole step, update
   included, is captured once and replayed from then on, so a step costs the host a copy and a
-  launch. The learning rate is baked into the graph, so a drop captures it again. One device only
-  (not DDP, not the columns). If capture fails the run says why and continues eagerly.
+  launch. The learning rate is baked into the graph, so a drop captures it again. One device, one
+  column per process (the NCCL exchanges inside the graph), and data parallelism with the gradients
+  all-reduced by the step (`Placement.reduce_gradients`, the all-reduces inside the graph); not the
+  one-process columns. If capture fails the run says why and continues eagerly.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class TrainStep:
             logits = self.placement.net(x)
             loss = self.placement.loss(logits, labels)
         loss.backward()
+        self.placement.reduce_gradients()            # data parallel without DDP's wrapper (else nothing)
         self.optimizer.step()
         loss = loss.detach().float()
         self.loss_sum += loss
@@ -61,6 +64,9 @@ class TrainStep:
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
         return self._compute(images, labels)
+
+    def release(self) -> None:
+        """Free what the step holds on the device beyond the model (nothing here)."""
 
 
 class GraphedStep(TrainStep):
@@ -73,6 +79,14 @@ class GraphedStep(TrainStep):
         self.failed = None
         self._eager_steps = 0
         self._lrs = None
+
+    def release(self) -> None:
+        """Free the captured graph. Must happen before the NCCL process group is destroyed: a graph
+        holding NCCL collectives makes destroy_process_group hang (pytorch/pytorch#115388)."""
+        if self.graph is not None:
+            torch.cuda.synchronize()
+            self.graph.reset()
+            self.graph = None
 
     def _current_lrs(self) -> tuple:
         return tuple(g["lr"] for g in self.optimizer.param_groups)

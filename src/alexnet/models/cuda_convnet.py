@@ -23,7 +23,8 @@ followed by softmax and the log loss. Facts of the source, as implemented here:
   layers `1 + ceil((2*pad + size - filter) / stride)`.
 - Cross-map normalisation (`cmrnorm`): cuda-convnet divides `scale` by `size` and adds 1, over the 9
   channels centred on each (zeros past the edges): b = a / (1 + 0.001/9 * sum a^2)^0.75, which is
-  `torch.nn.LocalResponseNorm(9, alpha=0.001, beta=0.75, k=1)`; here `ResponseNorm(9, 0.001/9, 0.75, 1)`.
+  `torch.nn.LocalResponseNorm(9, alpha=0.001, beta=0.75, k=1)`; here `ResponseNorm(9, 0.001/9, 0.75, 1)`,
+  run by the Triton kernel of `alexnet.kernels` on CUDA (`FusedResponseNorm`, the same function).
 - Initialisation: weights N(0, initW) (initW is a standard deviation), all biases 0 (`initB` is not
   set). Conv biases are shared per filter; the local layers have one bias per filter and position.
 - Inputs: cuda-convnet's CIFAR data provider (`convdata.py`, `CroppedCIFARDataProvider`) feeds the
@@ -55,7 +56,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from alexnet.errors import ConfigError
-from alexnet.layers import LocallyConnected, ResponseNorm
+from alexnet.layers import LocallyConnected
+from alexnet.models.fast import FusedResponseNorm
 
 #: cuda-convnet's `cmrnorm` layers of the 11pct file: size 9, scale 0.001 (divided by size), pow 0.75.
 NORM_SIZE, NORM_SCALE, NORM_POW = 9, 0.001, 0.75
@@ -166,8 +168,8 @@ class CudaConvnet(nn.Module):
         s2 = 1 + -(-(s1 - 3) // 2)                 # pool1 (24 -> 12)
         s3 = 1 + -(-(s2 - 3) // 2)                 # pool2 (12 -> 6)
 
-        def rnorm():
-            return ResponseNorm(NORM_SIZE, NORM_SCALE / NORM_SIZE, NORM_POW, 1.0, groups=r) if norm else nn.Identity()
+        def rnorm():     # the Triton kernel on CUDA (one pass each way), the torch formula elsewhere
+            return FusedResponseNorm(NORM_SIZE, NORM_SCALE / NORM_SIZE, NORM_POW, 1.0, groups=r) if norm else nn.Identity()
 
         self.conv1 = nn.Conv2d(3 * r, 64 * r, 5, padding=2, groups=r)
         self.act1 = nn.ReLU(inplace=True)

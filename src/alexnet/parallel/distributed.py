@@ -128,6 +128,13 @@ class DistributedContext:
             td.all_reduce(tensor, op=td.ReduceOp.SUM)
         return tensor
 
+    def broadcast_(self, tensors: list[torch.Tensor], src: int = 0) -> None:
+        """Rank `src`'s values copied into `tensors` on every rank (nothing on one process)."""
+        if self.enabled:
+            with torch.no_grad():
+                for t in tensors:
+                    td.broadcast(t, src)
+
     def mean(self, tensor: torch.Tensor) -> float:
         """The mean over processes of a scalar tensor, as a Python float."""
         t = tensor.detach().clone().float()

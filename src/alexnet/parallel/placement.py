@@ -1,7 +1,10 @@
 """Where a run's network lives, and how its state maps to the one checkpoint form.
 
 * `single`: one device.
-* `ddp`: a replica per process (torchrun), the batch sharded, gradients all-reduced.
+* `ddp`: a replica per process (torchrun), the batch sharded, gradients all-reduced: by torch's
+  DistributedDataParallel (`reduce="ddp"`: bucketed, overlapped with the backward pass by hooks on
+  the host), or by the step itself after the backward pass (`reduce="step"`: one all-reduce per
+  gradient, issued from the step, so the whole step with its all-reduces can be one CUDA graph).
 * `columns`: the paper's two columns in this process (`TwoDeviceAlexNet`): two GPUs, or one GPU's
   two streams, or the CPU twice.
 * `columns-distributed`: one column per process (`DistributedColumnAlexNet`), both reading the
@@ -33,9 +36,10 @@ __all__ = ["Placement", "place"]
 
 
 def place(model: nn.Module, parallel: str, dist: DistributedContext, devices: list[torch.device],
-          recipe: str, memory_format=torch.contiguous_format) -> "Placement":
+          recipe: str, memory_format=torch.contiguous_format, reduce: str = "ddp") -> "Placement":
     """Put a freshly built (grouped) model where the run wants it, in `memory_format` (before DDP
-    builds its gradient buckets, which must match the parameters' strides)."""
+    builds its gradient buckets, which must match the parameters' strides). `reduce`: how data
+    parallelism all-reduces the gradients ("ddp" or "step", see the module's text)."""
     model = model.to(memory_format=memory_format)
     if parallel == "columns" and dist.enabled:
         if dist.world_size != 2:
@@ -47,17 +51,32 @@ def place(model: nn.Module, parallel: str, dist: DistributedContext, devices: li
     if parallel == "columns":
         two = TwoDeviceAlexNet.from_grouped(model, devices).to(memory_format=memory_format)
         return Placement("columns", two.train(), dist, recipe)
-    return Placement("ddp" if dist.enabled else "single", model.to(devices[0]), dist, recipe)
+    return Placement("ddp" if dist.enabled else "single", model.to(devices[0]), dist, recipe, reduce)
 
 
 class Placement:
     """The network of a run (`model`), what the training step calls (`net`), and its state in the
     grouped checkpoint form."""
 
-    def __init__(self, kind: str, model: nn.Module, dist: DistributedContext, recipe: str):
+    def __init__(self, kind: str, model: nn.Module, dist: DistributedContext, recipe: str, reduce: str = "ddp"):
+        if reduce not in ("ddp", "step"):
+            raise ConfigError(f"reduce must be ddp or step, not {reduce!r}")
         self.kind, self.model, self.dist, self.recipe = kind, model, dist, recipe
-        self.net = dist.wrap(model) if kind == "ddp" else model
+        self.reduce = reduce if kind == "ddp" else None
+        if self.reduce == "step":
+            dist.broadcast_(list(model.state_dict().values()))      # rank 0's start, as DDP's wrapper does
+        self.net = dist.wrap(model) if self.reduce == "ddp" else model
         self._names = None
+
+    def reduce_gradients(self) -> None:
+        """reduce="step": every gradient made the mean over the processes, as DDP's reducer makes it
+        (a sum of the gradients divided by the process count). Called by the step after backward."""
+        if self.reduce != "step":
+            return
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        for g in grads:
+            self.dist.sum_(g)
+        torch._foreach_div_(grads, float(self.dist.world_size))
 
     @property
     def columns(self) -> bool:
@@ -97,7 +116,8 @@ class Placement:
         if self.kind == "columns-distributed":
             return f"one column per process: column {self.dist.rank} on {self.devices[0]} of 2 processes"
         if self.kind == "ddp":
-            return f"data parallel: {self.dist.world_size} processes (DDP)"
+            how = "DDP" if self.reduce == "ddp" else "DDP's start, gradients all-reduced in the step"
+            return f"data parallel: {self.dist.world_size} processes ({how})"
         return "one device"
 
     def compile(self) -> None:

@@ -133,7 +133,6 @@ def parallel_rows(cfg: BenchConfig, device: torch.device, result: dict, save) ->
     for form in bench_parallel.PARALLEL_FORMS:
         variants = [v for f, v in plan_pairs(cfg, bench_parallel.PARALLEL_FORMS) if f == form] if cfg.only else \
             [v for v in cfg.variants if v in ("eager", "compiled")] or ["eager"]
-        variants = [v for v in variants if not (v == "graphed" and form == "ddp")]
         if not variants:
             continue
         cfg.log(f"{form} ({bench_parallel.PARALLEL_FORMS[form]}), {', '.join(variants)}, batches "

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                 torch.manual_seed(0)
                 fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
                 placement = place(build_model("alexnet2012"), "columns" if args.form == "columns-2proc" else "data",
-                                  dist, [device], "paper", fmt)
+                                  dist, [device], "paper", fmt, reduce="step" if variant == "graphed" else "ddp")
                 placement.model.train()
                 fn = step_fn(placement, variant, batch, device, seed=0 if args.form != "ddp" else dist.rank,
                              log=lambda *a: None)
@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                 result["rows"][f"{batch}/{variant}"] = {"batch": batch, "variant": variant, "ms": t["ms"],
                                                         "images_per_s": rate(images, t["ms"]), "spread": t["spread"],
                                                         "warmup_s": t["warmup_s"]}
+                fn.step.release()            # before the process group ends (pytorch/pytorch#115388)
                 del placement, fn
                 dist.barrier()
         if dist.is_main:
