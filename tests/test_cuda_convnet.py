@@ -395,6 +395,68 @@ def test_run_schedule_phases_use_their_data_and_rates():
     assert all(0 < x < 5 for c in run["train_loss"] for x in c)
 
 
+def test_a_stopped_schedule_resumes_exactly(tmp_path):
+    """Stopped after a save (here: after epoch 3 of 5, inside the second phase), restored into a
+    fresh trainer and resumed: the same weights, velocities, curves and held-out errors as a run
+    never stopped (the saved progress goes through torch.save / weights_only load, as on disk)."""
+    import copy
+
+    from alexnet.experiments.cifar_normalisation_trainer import load_trainer_state, trainer_state
+
+    phases = schedule("11pct", short=True)
+    whole_trainer = small_trainer("cuda-convnet-11pct", seeds=(0, 1))
+    whole = run_schedule(whole_trainer, phases, eval_every=1, log=lambda m: None)
+
+    class Stop(Exception):
+        pass
+
+    saved = {}
+
+    def save(progress):
+        torch.save({"progress": progress, "trainer": trainer_state(cut_trainer)}, tmp_path / "ck.pt")
+        saved["n"] = progress["epoch_no"]
+        if progress["epoch_no"] == 3:
+            raise Stop
+
+    cut_trainer = small_trainer("cuda-convnet-11pct", seeds=(0, 1))
+    with pytest.raises(Stop):
+        run_schedule(cut_trainer, phases, eval_every=1, log=lambda m: None, save=save, save_every=1)
+    assert saved["n"] == 3
+    ck = torch.load(tmp_path / "ck.pt", weights_only=True)
+    resumed_trainer = small_trainer("cuda-convnet-11pct", seeds=(0, 1))
+    load_trainer_state(resumed_trainer, copy.deepcopy(ck["trainer"]))
+    lines = []
+    resumed = run_schedule(resumed_trainer, phases, eval_every=1, log=lines.append, resume=ck["progress"])
+    assert lines[0].startswith("resuming at epoch 4")
+    for k, v in whole_trainer.model.state_dict().items():
+        assert torch.equal(v, resumed_trainer.model.state_dict()[k]), k
+    for a, b in zip(whole_trainer.opt.state.values(), resumed_trainer.opt.state.values()):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    for key in ("train_loss", "train_error", "held_out", "steps"):
+        assert resumed[key] == whole[key], key
+    assert [p["lr"] for p in resumed["phases"]] == [p["lr"] for p in whole["phases"]]
+    # and the run that was stopped had really diverged from the whole one's state at the stop
+    assert not torch.equal(ck["trainer"]["model"]["conv1.weight"], whole_trainer.model.conv1.weight.detach())
+
+
+def test_a_job_checkpoint_of_other_settings_is_ignored_and_a_damaged_one_named(tmp_path):
+    from alexnet.errors import CheckpointError
+    from alexnet.experiments.cifar_normalisation_jobs import _resume_point
+    from alexnet.experiments.cifar_normalisation_trainer import trainer_state
+
+    trainer = small_trainer()
+    ck = tmp_path / "job.ckpt.pt"
+    assert _resume_point(trainer, ck, {"a": 1}, log=print) is None           # nothing saved yet
+    torch.save({"spec": {"a": 2}, "progress": {}, "trainer": trainer_state(trainer)}, ck)
+    said = []
+    assert _resume_point(trainer, ck, {"a": 1}, log=said.append) is None
+    assert "other settings" in said[0]
+    ck.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="job.ckpt.pt: cannot be read") as e:
+        _resume_point(trainer, ck, {"a": 1}, log=print)
+    assert "\n" not in str(e.value)
+
+
 # ============================================================================ the experiment
 
 
@@ -407,9 +469,11 @@ def test_short_experiment_end_to_end(shapes, tmp_path, capsys):
     out = tmp_path / "cn"
     args = ["experiment", "cifar-normalisation", "--data", str(shapes), "--out", str(out), "--short",
             "--nets", "cuda-convnet-11pct", "cuda-convnet-11pct-no-norm", "--seeds", "0", "1",
-            "--train-images", "60", "--test-images", "20", "--batch-size", "16", "--devices", "cpu"]
+            "--train-images", "60", "--test-images", "20", "--batch-size", "16", "--devices", "cpu",
+            "--checkpoint-every", "1"]
     assert main(args) == 0
     text = capsys.readouterr().out
+    assert not list((out / "runs").glob("*.ckpt.pt"))       # saved every epoch, removed once the result is written
     assert text.index("budget") < text.index("epoch 1 (batches 1-4)")        # the plan comes first
     result = json.loads((out / "cifar_normalisation.json").read_text())
     nets = result["nets"]

@@ -29,6 +29,10 @@ small class-balanced subset: CI). Seeds train as replicas of one model (`replica
 per net) unless `--no-stack-seeds`; a replica computes exactly the single net. The seeds share the
 data batches and the minibatch order (cuda-convnet's, fixed) and differ in initial weights and in
 their crops and flips.
+
+Stopping: each job saves its progress every `--checkpoint-every` epochs (default 10) beside its
+result (`runs/NET-seedsS.ckpt.pt`, written atomically); the same command with the same `--out`
+reuses finished jobs and continues the others from their last save, exactly as if never stopped.
 """
 
 from __future__ import annotations
@@ -187,6 +191,9 @@ def add_parser(subparsers) -> None:
     e.add_argument("--drop-eps-b", action="store_true", default=None, help="lower epsB with epsW (the files do not)")
     e.add_argument("--batch-size", type=int, help="cuda-convnet's --mini (128)")
     e.add_argument("--eval-every", type=int, help="epochs between held-out evaluations (default 10)")
+    e.add_argument("--checkpoint-every", type=int,
+                   help="epochs between saves of each job's progress (default 10); a stopped experiment run "
+                        "again with the same --out continues every unfinished job from its last save")
     e.add_argument("--train-images", type=int, help="a class-balanced subset of train")
     e.add_argument("--test-images", type=int, help="a class-balanced subset of test")
     e.add_argument("--short", action="store_true", default=None,

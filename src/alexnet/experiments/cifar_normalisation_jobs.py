@@ -34,6 +34,7 @@ class CifarNormConfig:
     drop_eps_b: bool = False
     batch_size: int = 128
     eval_every: int = 10
+    checkpoint_every: int = 10            # epochs between saves of a job's progress (it resumes from them)
     short: bool = False
     train_images: int | None = None
     test_images: int | None = None
@@ -51,8 +52,8 @@ class CifarNormConfig:
             raise ConfigError(f"mean window must be centre or same, not {self.mean_window!r}")
         auto = "cuda" if torch.cuda.is_available() else "cpu"
         self.devices = [auto if d == "auto" else d for d in self.devices] or [auto]
-        if self.batch_size < 1 or self.eval_every < 1:
-            raise ConfigError("batch size and eval interval must be positive")
+        if self.batch_size < 1 or self.eval_every < 1 or self.checkpoint_every < 1:
+            raise ConfigError("batch size, eval interval and checkpoint interval must be positive")
         if self.short:
             self.train_images = self.train_images or 1000
             self.test_images = self.test_images or 500
@@ -90,10 +91,35 @@ def _setup(job: Job, cfg: CifarNormConfig, data_dir: str, log):
     return trainer, data
 
 
-def run_job(job: Job, cfg: CifarNormConfig, data_dir: str, log=print) -> dict:
-    """Train one net for its seeds (replicas) through the whole schedule, then test it."""
-    from alexnet.experiments.cifar_normalisation_trainer import data_batches, run_schedule, schedule
-    from alexnet.runtime import hardware
+def _resume_point(trainer, checkpoint: Path | None, spec: dict | None, log) -> dict | None:
+    """The progress saved in `checkpoint` (the trainer's state loaded from it), if it was saved by a
+    job of the same settings; None otherwise."""
+    from alexnet.errors import CheckpointError
+    from alexnet.experiments.cifar_normalisation_trainer import load_trainer_state
+
+    if checkpoint is None or not checkpoint.exists():
+        return None
+    try:
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file: one line naming it
+        raise CheckpointError(f"{checkpoint}: cannot be read ({type(e).__name__}); delete it to start the job "
+                              "again") from None
+    if saved.get("spec") != spec:
+        log(f"{checkpoint} was saved with other settings: starting again")
+        return None
+    load_trainer_state(trainer, saved["trainer"])
+    return saved["progress"]
+
+
+def run_job(job: Job, cfg: CifarNormConfig, data_dir: str, log=print, checkpoint: Path | None = None,
+            spec: dict | None = None) -> dict:
+    """Train one net for its seeds (replicas) through the whole schedule, then test it. With
+    `checkpoint`, the schedule's progress is saved there every `cfg.checkpoint_every` epochs, and a
+    job stopped at any moment continues from the last save (if `spec`, its settings, match)."""
+    import io
+
+    from alexnet.experiments.cifar_normalisation_trainer import data_batches, run_schedule, schedule, trainer_state
+    from alexnet.runtime import atomic_write_bytes, hardware
 
     t0 = time.perf_counter()
     trainer, data = _setup(job, cfg, data_dir, log)
@@ -101,7 +127,15 @@ def run_job(job: Job, cfg: CifarNormConfig, data_dir: str, log=print) -> dict:
     log(f"{job.net}, seeds {list(job.seeds)} on {job.device}: {sum(p.epochs for p in phases)} epochs in "
         f"{len(phases)} phases, {data.train.shape[0]:,} train / {data.test.shape[0]:,} test images, "
         f"{'CUDA graphs' if trainer.want_graph else 'eager'}")
-    run = run_schedule(trainer, phases, cfg.eval_every, log)
+    resume = _resume_point(trainer, checkpoint, spec, log)
+
+    def save(progress: dict) -> None:
+        buf = io.BytesIO()
+        torch.save({"spec": spec, "progress": progress, "trainer": trainer_state(trainer)}, buf)
+        atomic_write_bytes(checkpoint, buf.getvalue())
+
+    run = run_schedule(trainer, phases, cfg.eval_every, log, resume=resume,
+                       save=save if checkpoint is not None else None, save_every=cfg.checkpoint_every)
     t_test = time.perf_counter()
     held = torch.from_numpy(np.sort(np.concatenate(data_batches(data.train.shape[0]))[:HELD_IN])).to(data.train.device)
     one = trainer.score(data.test, data.test_labels, 1)
@@ -144,10 +178,13 @@ def _worker(job: Job, cfg: CifarNormConfig, data_dir: str, out: str, threads: in
         if done.get("spec") == spec:
             print(f"[{job.net}] reusing {path}", flush=True)
             return done
-    result = run_job(job, cfg, data_dir, log=lambda m: print(f"[{job.net} {job.device}] {m}", flush=True))
+    checkpoint = path.with_suffix(".ckpt.pt")
+    result = run_job(job, cfg, data_dir, log=lambda m: print(f"[{job.net} {job.device}] {m}", flush=True),
+                     checkpoint=checkpoint, spec=spec)
     result["spec"] = spec
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(result, indent=1))
+    checkpoint.unlink(missing_ok=True)          # the result holds everything now
     return result
 
 

@@ -283,20 +283,46 @@ class Trainer:
         return {"error": err.tolist(), "nats": nats.tolist()}
 
 
-def run_schedule(trainer: Trainer, phases: list[Phase], eval_every: int, log=print) -> dict:
+def trainer_state(trainer: Trainer) -> dict:
+    """What a resumed schedule needs of the trainer: weights, velocities, the crop/flip generator."""
+    return {"model": {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()},
+            "optimizer": trainer.opt.state_dict(), "generator": trainer.gen.get_state(), "replays": trainer.replays}
+
+
+def load_trainer_state(trainer: Trainer, state: dict) -> None:
+    trainer.model.load_state_dict(state["model"])
+    trainer.opt.load_state_dict(state["optimizer"])
+    trainer.gen.set_state(state["generator"])
+    trainer.replays = int(state["replays"])
+
+
+def run_schedule(trainer: Trainer, phases: list[Phase], eval_every: int, log=print, resume: dict | None = None,
+                 save=None, save_every: int = 10) -> dict:
     """Train through `phases`; per epoch, the running training loss and error (augmented views, as
     cuda-convnet printed them); every `eval_every` epochs and at each phase's end, the centre-view
-    error on the held-out batch 5 (while it is held out). Returns curves and timings."""
+    error on the held-out batch 5 (while it is held out). Returns curves and timings.
+
+    `save(progress)`, if given, is called every `save_every` epochs with the schedule's progress
+    (`load_trainer_state` + `resume=progress` continue from it exactly: same weights, velocities
+    and random crops as a run never stopped)."""
     d = trainer.data
     batches = data_batches(d.train.shape[0])
     held = torch.from_numpy(batches[4]).to(d.train.device)
-    history, held_out, phase_info = [], [], []
-    t_start, epoch_no = time.perf_counter(), 0
-    for ph in phases:
+    prog = resume or {"phase": 0, "epoch": 0, "epoch_no": 0, "history": torch.zeros(0, trainer.r, 3),
+                   "held_out": [], "phase_info": [], "seconds": 0.0, "phase_seconds": 0.0}
+    history = list(prog["history"].to(d.train.device).unbind(0))
+    held_out, phase_info, epoch_no = list(prog["held_out"]), list(prog["phase_info"]), int(prog["epoch_no"])
+    t_start = time.perf_counter() - prog["seconds"]
+    if resume:
+        nxt = prog["phase"] + (prog["epoch"] >= phases[prog["phase"]].epochs)
+        log(f"resuming at epoch {epoch_no + 1} ({phases[nxt].name if nxt < len(phases) else 'all trained'})")
+    for pi in range(prog["phase"], len(phases)):
+        ph = phases[pi]
         index, valid = minibatch_table(batches[:ph.batches], trainer.b)
         steps = trainer.set_phase(index, valid, ph.eps_w, ph.eps_b)
-        t0 = time.perf_counter()
-        for e in range(ph.epochs):
+        first = prog["epoch"] if pi == prog["phase"] else 0
+        t0 = time.perf_counter() - (prog["phase_seconds"] if pi == prog["phase"] else 0.0)
+        for e in range(first, ph.epochs):
             history.append(trainer.epoch(steps))
             epoch_no += 1
             last = e == ph.epochs - 1
@@ -305,11 +331,15 @@ def run_schedule(trainer: Trainer, phases: list[Phase], eval_every: int, log=pri
                 held_out.append({"epoch": epoch_no, "error": s["error"], "nats": s["nats"]})
             if last or epoch_no % eval_every == 0:
                 h = history[-1].tolist()
-                loss = [x[0] / x[2] for x in h]
-                err = [x[1] / x[2] for x in h]
                 extra = f", held-out {np.mean(held_out[-1]['error']):.4f}" if ph.batches == 4 else ""
-                log(f"epoch {epoch_no} ({ph.name}): train loss {np.mean(loss):.4f} error {np.mean(err):.4f}"
-                    f"{extra} (mean of {trainer.r}); {time.perf_counter() - t_start:.0f} s")
+                log(f"epoch {epoch_no} ({ph.name}): train loss {np.mean([x[0] / x[2] for x in h]):.4f} error "
+                    f"{np.mean([x[1] / x[2] for x in h]):.4f}{extra} (mean of {trainer.r}); "
+                    f"{time.perf_counter() - t_start:.0f} s")
+            if save is not None and epoch_no % save_every == 0:
+                now = time.perf_counter()
+                save({"phase": pi, "epoch": e + 1, "epoch_no": epoch_no, "history": torch.stack(history).cpu(),
+                      "held_out": held_out, "phase_info": phase_info, "seconds": now - t_start,
+                      "phase_seconds": now - t0})
         if d.train.is_cuda:
             torch.cuda.synchronize(d.train.device)
         phase_info.append({"name": ph.name, "epochs": ph.epochs, "batches": ph.batches, "eps_w": ph.eps_w,
