@@ -474,6 +474,7 @@ def test_short_experiment_end_to_end(shapes, tmp_path, capsys):
     assert main(args) == 0
     text = capsys.readouterr().out
     assert not list((out / "runs").glob("*.ckpt.pt"))       # saved every epoch, removed once the result is written
+    assert (out / "cifar_normalisation.png").stat().st_size > 10_000
     assert text.index("budget") < text.index("epoch 1 (batches 1-4)")        # the plan comes first
     result = json.loads((out / "cifar_normalisation.json").read_text())
     nets = result["nets"]

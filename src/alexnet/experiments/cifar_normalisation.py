@@ -165,6 +165,12 @@ def run_cifar_normalisation(cfg: CifarNormConfig, log=print) -> dict:
     result = summarise(cfg, results, str(data), n_train, time.perf_counter() - t0)
     atomic_write_text(out / "cifar_normalisation.json", json.dumps(result, indent=1))
     log(f"wrote {out / 'cifar_normalisation.json'}")
+    try:
+        from alexnet.experiments.cifar_normalisation_report import plot_cifar_normalisation
+
+        log(f"wrote {plot_cifar_normalisation(result, out / 'cifar_normalisation.png')}")
+    except ImportError:
+        log("no figure: matplotlib is not installed (pip install 'alexnet[figures]')")
     log(format_result(result))
     return result
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from alexnet.experiments import experiment_data, format_table, seed_summary
@@ -145,4 +147,54 @@ def smoke(cfg: CifarNormConfig, log=print, steps: int = 40) -> dict:
     return report
 
 
-__all__ = ["NETS", "difference", "format_result", "seed_table", "smoke", "summarise"]
+__all__ = ["NETS", "difference", "format_result", "plot_cifar_normalisation", "seed_table", "smoke", "summarise"]
+
+
+def _held_out_epochs(result: dict, net: dict) -> list[int]:
+    """The epochs at which the held-out batch was scored: every `eval_every` in the first phase and
+    at its end."""
+    every, first = int(result["config"]["eval_every"]), int(net["phases"][0]["epochs"])
+    return [e for e in range(1, first + 1) if e % every == 0 or e == first]
+
+
+def plot_cifar_normalisation(result: dict, path) -> Path:
+    """Two panels: the training error as trained on (mean of the seeds) and the held-out error per
+    epoch of each net; the test error with 1 and 10 views per net (bars: mean +- sd, dots: seeds,
+    red: the paper's figure). Written to `path` (PNG). Needs matplotlib (the `figures` extra)."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FormatStrFormatter
+
+    fig = Figure(figsize=(11, 4), dpi=90)
+    curves, bars = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+    colours = dict(zip(result["nets"], ("tab:blue", "tab:orange", "tab:green", "tab:red")))
+    for name, net in result["nets"].items():
+        seeds = list(net["per_seed"].values())
+        train = np.mean([s["train_error_curve"] for s in seeds], 0) * 100
+        curves.plot(np.arange(1, len(train) + 1), train, color=colours[name], lw=1, label=f"{name}: train (running)")
+        held = np.mean([s["held_out_error"] for s in seeds], 0) * 100
+        curves.plot(_held_out_epochs(result, net)[:len(held)], held, "o", ms=2.5, color=colours[name],
+                    label=f"{name}: held-out batch 5")
+    curves.set_yscale("log")
+    curves.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    curves.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    curves.set_xlabel("epoch")
+    curves.set_ylabel("error (%)")
+    curves.legend(fontsize=7)
+    curves.set_title("training error as trained on, and the held-out batch (first phase)", fontsize=9)
+    for i, (name, net) in enumerate(result["nets"].items()):
+        for j, key in enumerate(("test_error_1view", "test_error_10views")):
+            x, t = i + (j - 0.5) * 0.38, net[key]
+            bars.bar(x, 100 * t["mean"], width=0.36, yerr=100 * t["std"], capsize=3, color=colours[name],
+                     alpha=0.45 if j == 0 else 0.85)
+            bars.plot([x] * len(t["values"]), [100 * v for v in t["values"]], "k.", ms=3)
+        if net.get("paper_error_percent") is not None:
+            bars.plot([i - 0.4, i + 0.4], [net["paper_error_percent"]] * 2, color="red", lw=2)
+    bars.set_xticks(range(len(result["nets"])), [n.replace("cuda-convnet-", "") for n in result["nets"]], fontsize=8)
+    bars.set_ylabel("test error (%)")
+    bars.set_title("test error: 1 view (light), 10 views (dark); red: the paper", fontsize=9)
+    fig.suptitle(f"cuda-convnet's CIFAR-10 nets, {len(result['seeds'])} seeds, {result['train_images']:,} "
+                 "training images", fontsize=10)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return Path(path)
