@@ -41,14 +41,6 @@ measure('/tmp/rep', batch=256, workers_list=(12, 14), decode_modes=('cpu', 'mixe
 measure('/tmp/D', batch=256, workers_list=(2, 4), decode_modes=('cpu',), seconds=4)" > "$OUT/loader.log" 2>&1
 stamp "loader alone: exit $?"
 
-train() {  # name, timeout, then the command's arguments
-  local name=$1 limit=$2; shift 2
-  rm -rf "/tmp/runs/$name"
-  timeout --kill-after=15 "$limit" "$@" --out "/tmp/runs/$name" --no-progress >> "$LOG" 2>&1
-  stamp "$name: exit $?"
-}
-ONE=(python -m alexnet train)
-TWO=(torchrun --standalone --nproc-per-node 2 -m alexnet train)
 IMAGENET=(--data /tmp/rep --epochs 1 --val-split val --test-crops 1 --eval-batch-size 500)
 train rep-1gpu-256 240 "${ONE[@]}" "${IMAGENET[@]}" --batch-size 256
 train rep-2gpu-256 200 "${TWO[@]}" "${IMAGENET[@]}" --batch-per-process 256

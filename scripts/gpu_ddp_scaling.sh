@@ -19,14 +19,6 @@ t = time.time(); make_replica_store('.carry/imagenet-sample', '/tmp/rep-ddp', co
 print(f'replica store: {$COUNT:,} images in {time.time() - t:.0f} s')" >> "$LOG" 2>&1
 stamp "store: $(du -sh /tmp/rep-ddp | cut -f1); $(tail -1 "$LOG")"
 
-train() {  # name, timeout, then the command's arguments
-  local name=$1 limit=$2; shift 2
-  rm -rf "/tmp/runs/$name"
-  timeout --kill-after=15 "$limit" "$@" --out "/tmp/runs/$name" --no-progress >> "$LOG" 2>&1
-  stamp "$name: exit $?"
-}
-ONE=(python -m alexnet train)
-TWO=(torchrun --standalone --nproc-per-node 2 -m alexnet train)
 ARGS=(--data /tmp/rep-ddp --epochs 1 --val-split val --test-crops 1 --eval-batch-size 500)
 train 1gpu-128 150 "${ONE[@]}" "${ARGS[@]}" --batch-size 128
 train 1gpu-256 150 "${ONE[@]}" "${ARGS[@]}" --batch-size 256

@@ -1,6 +1,8 @@
 # Sourced by the device scripts: the output folder, the environment every GPU run needs (NVLink
 # multicast off, as the device machines require; one inductor cache for all the runs of a call),
-# and `stamp`, which prefixes a line with the seconds since the script started.
+# `stamp`, which prefixes a line with the seconds since the script started, and `train NAME LIMIT CMD...`,
+# which runs an `alexnet train` command (ONE: one process, TWO: torchrun on two GPUs) into
+# /tmp/runs/NAME under a time limit, its output appended to $LOG.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -8,3 +10,11 @@ export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_
        NVSHMEM_DISABLE_NVLS=1 TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/inductor-cache}
 T0=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
+train() {  # name, timeout, then the command's arguments
+  local name=$1 limit=$2; shift 2
+  rm -rf "/tmp/runs/$name"
+  timeout --kill-after=15 "$limit" "$@" --out "/tmp/runs/$name" --no-progress >> "$LOG" 2>&1
+  stamp "$name: exit $?"
+}
+ONE=(python -m alexnet train)
+TWO=(torchrun --standalone --nproc-per-node 2 -m alexnet train)
