@@ -457,6 +457,17 @@ def test_a_job_checkpoint_of_other_settings_is_ignored_and_a_damaged_one_named(t
     assert "\n" not in str(e.value)
 
 
+def test_the_report_says_when_the_training_images_were_jpeg(tmp_path):
+    from alexnet.experiments.cifar_normalisation_report import format_result, jpeg_share
+
+    assert jpeg_share(tmp_path) is None                                    # nothing recorded
+    (tmp_path / "train.files.txt").write_text("train/a/1.jpg\ntrain/a/2.JPEG\ntrain/b/3.png\ntrain/b/4.jpg\n")
+    assert jpeg_share(tmp_path) == 0.75
+    result = {"train_images": 4, "seeds": [0], "nets": {}, "comparisons": {}, "paper": "p", "source_jpeg_share": 0.75}
+    assert "note: 75% of the training images came from JPEG files" in format_result(result)
+    assert "JPEG" not in format_result({**result, "source_jpeg_share": 0.0})
+
+
 # ============================================================================ the experiment
 
 
