@@ -167,6 +167,10 @@ def test_a_train_split_smaller_than_a_batch_and_bad_numbers_are_refused(shapes, 
         assert code == 2 and flag in err and "Traceback" not in err, (flag, err)
     code, _, err = _cli(capsys, "eval", "--checkpoint", "x.pt", "--data", str(shapes), "--batch-size", "0")
     assert code == 2 and "--batch-size" in err
+    code, _, err = _cli(capsys, "train", "--data", str(shapes), "--out", str(tmp_path / "c"), "--device", "cpu",
+                        "--cuda-graphs")
+    assert code == 2 and "--cuda-graphs needs a CUDA device" in err and "Traceback" not in err
+    assert not (tmp_path / "c").exists()
 
 
 def test_the_demo_checks_its_arguments_before_making_data(tmp_path, capsys, monkeypatch):

@@ -182,6 +182,9 @@ def _setup(cfg: TrainConfig, log, stop, given, dist: DistributedContext) -> Run:
     run_dir = Path(cfg.out)
     devices = _devices(cfg, dist)
     device = devices[0]                          # where batches are read and augmented
+    if cfg.cuda_graphs and device.type != "cuda":
+        raise ConfigError(f"--cuda-graphs needs a CUDA device; this run is on {device} (leave it out, or "
+                          "--no-cuda-graphs)")
     _backends(cfg, device, devices, log)
     data = open_prepared(cfg.data, run_dir / "data", cfg.image_size, cfg.crop, workers=cfg.workers,
                          skip_bad=cfg.skip_bad, progress=cfg.progress, writer=dist.is_main, log=log)
