@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,8 @@ import torch
 from alexnet.data import format as F
 from alexnet.data.format import FORMAT
 from alexnet.errors import DataError
+
+_OPEN_LOCK = threading.Lock()       # see PreparedSplit._open
 
 __all__ = ["PreparedData", "PreparedSplit", "is_prepared"]
 
@@ -74,7 +77,8 @@ class PreparedSplit:
         if self._labels_all is None:
             path = self.data.path / F.labels_file(self.name)
             try:
-                arr = np.load(path, allow_pickle=False)
+                with _OPEN_LOCK:                    # np.load from threads: see _open
+                    arr = np.load(path, allow_pickle=False)
             except (OSError, ValueError) as e:
                 raise DataError(path, f"cannot be read ({e}); prepare the data again") from None
             if arr.shape != (self._count,):
@@ -126,25 +130,33 @@ class PreparedSplit:
 
     # -- reading
     def _open(self):
+        # One opening per split, under a lock: the in-process loader reads from several threads, and
+        # np.load's header parsing (ast.literal_eval) is not safe to run in two threads at once on
+        # CPython 3.11 ("AST constructor recursion depth mismatch").
         if self._mm is None:
-            S = self.size
-            path = self.path
-            try:
-                if self.encoding == "raw":
-                    if self._count == 0:
-                        self._mm = np.zeros((0, S, S, 3), dtype=np.uint8)
-                    else:
-                        self._mm = np.memmap(path, np.uint8, "r", shape=(self._count, S, S, 3))
-                else:
-                    off = np.load(self.data.path / F.offsets_file(self.name), allow_pickle=False)
-                    total = int(off[-1]) if off.ndim == 1 and len(off) else -1
-                    if off.shape != (self._count + 1,) or total != path.stat().st_size or np.any(np.diff(off) <= 0):
-                        raise DataError(path, "does not match its offsets.npy; prepare the data again")
-                    self._offsets = off
-                    self._mm = np.memmap(path, np.uint8, "r") if total else np.zeros(0, np.uint8)
-            except (OSError, ValueError) as e:
-                raise DataError(path, f"cannot be opened ({e}); prepare the data again") from None
+            with _OPEN_LOCK:
+                if self._mm is None:
+                    self._open_files()
         return self._mm
+
+    def _open_files(self) -> None:
+        S = self.size
+        path = self.path
+        try:
+            if self.encoding == "raw":
+                if self._count == 0:
+                    self._mm = np.zeros((0, S, S, 3), dtype=np.uint8)
+                else:
+                    self._mm = np.memmap(path, np.uint8, "r", shape=(self._count, S, S, 3))
+            else:
+                off = np.load(self.data.path / F.offsets_file(self.name), allow_pickle=False)
+                total = int(off[-1]) if off.ndim == 1 and len(off) else -1
+                if off.shape != (self._count + 1,) or total != path.stat().st_size or np.any(np.diff(off) <= 0):
+                    raise DataError(path, "does not match its offsets.npy; prepare the data again")
+                self._offsets = off
+                self._mm = np.memmap(path, np.uint8, "r") if total else np.zeros(0, np.uint8)
+        except (OSError, ValueError) as e:
+            raise DataError(path, f"cannot be opened ({e}); prepare the data again") from None
 
     def stored_rows(self, indices) -> np.ndarray:
         """Positions in the stored files of the images at ``indices`` (negative ones count from the end)."""
