@@ -116,10 +116,9 @@ def run_job(job: Job, cfg: CifarNormConfig, data_dir: str, log=print, checkpoint
     """Train one net for its seeds (replicas) through the whole schedule, then test it. With
     `checkpoint`, the schedule's progress is saved there every `cfg.checkpoint_every` epochs, and a
     job stopped at any moment continues from the last save (if `spec`, its settings, match)."""
-    import io
-
+    from alexnet.checkpoint import save_checkpoint
     from alexnet.experiments.cifar_normalisation_trainer import data_batches, run_schedule, schedule, trainer_state
-    from alexnet.runtime import atomic_write_bytes, hardware
+    from alexnet.runtime import hardware
 
     t0 = time.perf_counter()
     trainer, data = _setup(job, cfg, data_dir, log)
@@ -130,9 +129,7 @@ def run_job(job: Job, cfg: CifarNormConfig, data_dir: str, log=print, checkpoint
     resume = _resume_point(trainer, checkpoint, spec, log)
 
     def save(progress: dict) -> None:
-        buf = io.BytesIO()
-        torch.save({"spec": spec, "progress": progress, "trainer": trainer_state(trainer)}, buf)
-        atomic_write_bytes(checkpoint, buf.getvalue())
+        save_checkpoint({"spec": spec, "progress": progress, "trainer": trainer_state(trainer)}, checkpoint)
 
     run = run_schedule(trainer, phases, cfg.eval_every, log, resume=resume,
                        save=save if checkpoint is not None else None, save_every=cfg.checkpoint_every)
