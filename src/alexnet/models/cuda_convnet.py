@@ -100,9 +100,9 @@ def _check(cfg) -> None:
 
 
 @dataclass(frozen=True)
-class CudaConvnet11pctConfig:
-    LAYERS: ClassVar[str] = "11pct"
-    response_norm: bool = True
+class _CudaConvnetConfig:
+    """What both layer files' nets take; `LAYERS` (a subclass's) names the file."""
+
     num_classes: int = 10
     input_size: int = 24
     replicas: int = 1
@@ -110,6 +110,12 @@ class CudaConvnet11pctConfig:
 
     def __post_init__(self):
         _check(self)
+
+
+@dataclass(frozen=True)
+class CudaConvnet11pctConfig(_CudaConvnetConfig):
+    LAYERS: ClassVar[str] = "11pct"
+    response_norm: bool = True
 
 
 @dataclass(frozen=True)
@@ -118,15 +124,8 @@ class CudaConvnet11pctNoNormConfig(CudaConvnet11pctConfig):
 
 
 @dataclass(frozen=True)
-class CudaConvnet13pctConfig:
+class CudaConvnet13pctConfig(_CudaConvnetConfig):
     LAYERS: ClassVar[str] = "13pct"
-    num_classes: int = 10
-    input_size: int = 24
-    replicas: int = 1
-    init_seeds: tuple[int, ...] | None = None
-
-    def __post_init__(self):
-        _check(self)
 
 
 class GroupedLinear(nn.Linear):
