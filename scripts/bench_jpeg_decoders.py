@@ -4,8 +4,8 @@ its fast-DCT / fast-upsampling options, and how far their pixels are from torchv
 
     PYTHONPATH=src python scripts/bench_jpeg_decoders.py [PHOTOS]   (default ../shared/data/imagenet-sample)
 
-Prints a table; nothing is written. A lead for the loader, which is CPU-decode-bound under DDP
-(docs/RESULTS.md), not a feature: the loader decodes with torchvision only.
+Prints a table; nothing is written. The loader's workers decode with simplejpeg since this
+measurement (`--cpu-decoder`, docs/notes-data.md), with torchvision as the fallback.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ stamp "store D: $(du -sh /tmp/D | cut -f1)"
 
 timeout 150 python -c "
 from alexnet.data.loader_bench import measure
-measure('/tmp/rep', batch=256, workers_list=(12, 14), decode_modes=('cpu', 'mixed'), seconds=6, gpu_shares=(0.1,))
+measure('/tmp/rep', batch=256, workers_list=(12, 14), decode_modes=('cpu', 'mixed'), seconds=6, gpu_workers_list=(1,))
 measure('/tmp/D', batch=256, workers_list=(2, 4), decode_modes=('cpu',), seconds=4)" > "$OUT/loader.log" 2>&1
 stamp "loader alone: exit $?"
 

@@ -360,9 +360,9 @@ def test_graphed_distributed_runs_finish_and_exit(form, shapes, shapes224, tmp_p
     column per process) train a few steps, save, and the processes exit: the graph is freed before
     the process group is destroyed (destroy_process_group hangs otherwise, pytorch/pytorch#115388)."""
     if form == "ddp":
-        args = ["--data", str(shapes), "--arch", "cifar-alexnet", "--cuda-graphs", "--batch-per-process", "16"]
+        args = ["--data", str(shapes), "--arch", "cifar-alexnet", "--batch-per-process", "16"]  # graphed by default
     else:
-        args = ["--data", str(shapes224), "--arch", "alexnet2012", "--parallel", "columns", "--batch-per-process", "8"]
+        args = ["--data", str(shapes224), "--arch", "alexnet2012", "--parallel", "columns", "--batch-size", "8"]
     out = _torchrun(2, [*args, "--epochs", "1", "--max-steps", "12", "--no-progress", "--eval-batch-size", "8",
                         "--out", str(tmp_path / form)], timeout_s=300)
     assert "CUDA graphs" in out

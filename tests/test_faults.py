@@ -171,6 +171,12 @@ def test_a_train_split_smaller_than_a_batch_and_bad_numbers_are_refused(shapes, 
                         "--cuda-graphs")
     assert code == 2 and "--cuda-graphs needs a CUDA device" in err and "Traceback" not in err
     assert not (tmp_path / "c").exists()
+    code, _, err = _cli(capsys, "train", "--data", str(shapes), "--out", str(tmp_path / "d"), "--device", "cpu",
+                        "--decode", "mixed")
+    assert code == 2 and "--decode mixed decodes on a CUDA device" in err and "Traceback" not in err
+    code, _, err = _cli(capsys, "train", "--data", str(shapes), "--out", str(tmp_path / "e"), "--decode", "cuda",
+                        "--gpu-workers", "0")
+    assert code == 2 and "--gpu-workers of at least 1" in err and "Traceback" not in err
 
 
 def test_the_demo_checks_its_arguments_before_making_data(tmp_path, capsys, monkeypatch):

@@ -104,21 +104,56 @@ def test_without_workers_one_interface(stores):
         feeder.epoch(0)
 
 
-@pytest.mark.parametrize("decode,share", [("cuda", 1.0), ("mixed", 0.4)])
-def test_decoding_in_the_training_process(stores, decode, share):
-    """Batches whose JPEG bytes the workers only fetch, decoded by the training process (on a CPU
-    device: on the CPU, so the pixels are exactly the workers')."""
+@pytest.mark.parametrize("cpu_decoder", ["simplejpeg", "torchvision"])
+def test_cpu_decoders_give_the_same_pixels(stores, cpu_decoder):
+    """The workers' JPEG decoders (both libjpeg-turbo) give exactly the in-process loader's
+    (torchvision's) pixels; a JPEG of the wrong size or that does not decode is a one-line DataError."""
+    from alexnet.data.decode import store_jpeg_decoder
+
+    split = split_of(stores, "jpeg")
+    kw = dict(shuffle=True, seed=3, drop_last=False)
+    with Feeder(split, 8, workers=2, cpu_decoder=cpu_decoder, **kw) as feeder:
+        assert feeder.cpu_decoder == cpu_decoder
+        assert_same(batches(feeder.epoch(0)), batches(BatchLoader(split, 8, workers=0, **kw)))
+    name, decode_into = store_jpeg_decoder(cpu_decoder)
+    assert name == cpu_decoder
+    from alexnet.data.decode import encode_store_jpeg
+
+    out = np.zeros((24, 24, 3), np.uint8)
+    with pytest.raises(DataError, match="image 5 is 16x16, expected 24x24|image 5 is .*expected"):
+        decode_into(encode_store_jpeg(np.zeros((16, 16, 3), np.uint8), 90), out, "store.jpeg", 5)
+    with pytest.raises(DataError, match="image 6 cannot be decoded") as e:
+        decode_into(b"\xff\xd8 not a jpeg", out, "store.jpeg", 6)
+    assert "\n" not in str(e.value) and e.value.path == "store.jpeg"
+    with pytest.raises(ValueError, match="unknown CPU decoder"):
+        store_jpeg_decoder("pil")
+
+
+@pytest.mark.parametrize("decode,workers,gpu_workers", [("cuda", 0, 2), ("mixed", 2, 1)])
+def test_gpu_workers(stores, decode, workers, gpu_workers):
+    """GPU workers (on a CPU device they decode on the CPU, so the pixels are exactly the CPU
+    workers'), alone or beside CPU workers, each batch to the least busy worker."""
     split = split_of(stores, "jpeg")
     kw = dict(shuffle=True, seed=6, drop_last=False)
-    with Feeder(split, 8, workers=2, decode=decode, gpu_share=share, **kw) as feeder:
-        assert [feeder._on_device(b) for b in range(5)] == ([True] * 5 if decode == "cuda" else
-                                                           [False, False, True, False, True])
+    with Feeder(split, 8, workers=workers, gpu_workers=gpu_workers, decode=decode, **kw) as feeder:
+        assert (feeder.workers, feeder.gpu_workers, feeder.gpu_decoder) == (workers, gpu_workers, "torchvision")
+        assert len(feeder.pids()) == workers + gpu_workers
+        from alexnet.run import describe_feeder
+
+        assert describe_feeder(feeder) == (
+            "JPEG store decoded on the GPU by 2 GPU workers (torchvision decoder)" if decode == "cuda" else
+            "JPEG store decoded by 2 worker processes and 1 GPU worker (torchvision decoder), each batch by the "
+            "first free")
         for epoch in (0, 1):
             want = batches(BatchLoader(split, 8, epoch=epoch, workers=0, **kw))
             assert_same(batches(feeder.epoch(epoch)), want)
         assert_same(batches(feeder.epoch(1, start_batch=5)), want[5:])
     with pytest.raises(ValueError, match="JPEG store"):
-        Feeder(split_of(stores, "raw"), 8, workers=1, decode=decode)
+        Feeder(split_of(stores, "raw"), 8, workers=workers, decode=decode)
+    with pytest.raises(ValueError, match="GPU worker"):
+        Feeder(split, 8, workers=workers, gpu_workers=0, decode=decode)
+    with pytest.raises(ValueError, match="workers"):
+        Feeder(split, 8, workers=1 - min(workers, 1), decode=decode)  # CPU workers with cuda, none with mixed
 
 
 def test_jpeg_pixels_close_to_raw(stores):
@@ -243,7 +278,7 @@ def test_corrupt_jpeg_is_one_line_error(stores, tmp_path):
     assert len(good) == 5
     feeder.close()
     assert gone(pids)
-    with Feeder(split, 8, workers=1, decode="cuda") as feeder:  # decoded by the training process
+    with Feeder(split, 8, workers=0, decode="cuda") as feeder:  # decoded by a GPU worker
         with pytest.raises(DataError) as e:
             batches(feeder.epoch(0))
         assert e.value.path == str(path) and "image 17 cannot be decoded" in str(e.value)
@@ -304,7 +339,8 @@ def test_default_workers(monkeypatch):
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert default_workers("cuda", "jpeg") == 14
     assert default_workers("cuda", "raw") == 4
-    assert default_workers("cuda", "jpeg", "cuda") == 4
+    assert default_workers("cuda", "jpeg", "cuda") == 0  # GPU workers only
+    assert default_workers("cuda", "jpeg", "mixed", 2) == 12
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
     assert default_workers("cuda", "jpeg") == 1 and default_workers("cuda", "raw") == 1
 
@@ -316,7 +352,7 @@ def test_cuda(stores, enc, decode):
     split = split_of(stores, enc)
     kw = dict(shuffle=True, seed=4, drop_last=False)
     want = batches(BatchLoader(split, 8, workers=0, **kw))
-    with Feeder(split, 8, workers=2, device="cuda", decode=decode, **kw) as feeder:
+    with Feeder(split, 8, workers=0 if decode == "cuda" else 2, device="cuda", decode=decode, **kw) as feeder:
         assert feeder._ring.registered  # page-locked shared memory: one asynchronous copy per batch
         for _ in range(2):
             got = [(x.cpu(), y.cpu()) for x, y in batches(feeder.epoch(0))]
@@ -325,6 +361,42 @@ def test_cuda(stores, enc, decode):
             else:  # nvJPEG's IDCT differs from libjpeg-turbo's by a grey level or so
                 for (x1, y1), (x2, y2) in zip(got, want):
                     assert torch.equal(y1, y2) and (x1.float() - x2.float()).abs().mean() < 2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("decoder", ["torchvision", "nvimgcodec"])
+def test_gpu_decoders(stores, tmp_path, decoder):
+    """Each GPU decoder gives the workers' labels exactly and their pixels within a grey level or so
+    (a hardware or CUDA IDCT is not libjpeg-turbo's), in whole and mixed epochs; a JPEG that does not
+    decode is a one-line DataError naming the store file and the image."""
+    import shutil
+
+    from alexnet.data.gpu_decode import nvimgcodec_available
+
+    if decoder == "nvimgcodec" and not nvimgcodec_available():
+        pytest.skip("nvImageCodec is not installed (pip install alexnet[gpu-decode])")
+    split = split_of(stores, "jpeg")
+    kw = dict(shuffle=True, seed=5, drop_last=False)
+    want = batches(BatchLoader(split, 8, workers=0, **kw))
+    for decode in ("cuda", "mixed"):
+        with Feeder(split, 8, workers=0 if decode == "cuda" else 2, device="cuda", decode=decode,
+                    gpu_decoder=decoder, **kw) as feeder:
+            assert feeder.gpu_decoder == decoder
+            for _ in range(2):
+                got = [(x.cpu(), y.cpu()) for x, y in batches(feeder.epoch(0))]
+                assert len(got) == len(want)
+                for (x1, y1), (x2, y2) in zip(got, want):
+                    assert torch.equal(y1, y2) and x1.shape == x2.shape
+                    assert (x1.float() - x2.float()).abs().mean() < 2
+    store = Path(shutil.copytree(stores["jpeg"], tmp_path / "broken"))
+    path = _corrupt(store, 17)
+    broken = PreparedData.open(store).split("train")
+    with Feeder(broken, 8, workers=0, device="cuda", decode="cuda", gpu_decoder=decoder) as feeder:
+        with pytest.raises(DataError) as e:
+            batches(feeder.epoch(0))
+        assert e.value.path == str(path) and "image 17 cannot be decoded" in str(e.value)
+        assert len(batches(feeder.epoch(0, start_batch=3))) == 5  # still usable past it
 
 
 def test_first_reads_from_many_threads_agree(stores):

@@ -14,6 +14,7 @@ depend on the architecture. On `--resume`, the run's saved configuration wins: a
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,9 +71,9 @@ class TrainConfig:
     channels_last: bool | None = option(None, "channels_last memory (default: on CUDA)", resume="apply",
                                         group="running")
     compile: bool | None = option(None, "torch.compile the step (default: on CUDA)", resume="apply", group="running")
-    cuda_graphs: bool | None = option(None, "replay each step as one CUDA graph (default: on for one GPU and for "
-                                            "one column per process; under DDP it puts the all-reduces in the "
-                                            "graph; the one-process columns: off)", resume="apply", group="running")
+    cuda_graphs: bool | None = option(None, "replay each step as one CUDA graph (default on CUDA: on for one GPU, "
+                                            "for data parallel, with the all-reduces in the graph, and for one "
+                                            "column per process; off for the one-process columns)", resume="apply", group="running")
     ddp_reduce: str = option("auto", "data parallel: who all-reduces the gradients: ddp (torch's DDP, overlapped "
                                      "with the backward pass), step (the step, after the backward pass: what a "
                                      "CUDA graph of the step needs); auto: step when the step is a CUDA graph",
@@ -101,9 +102,19 @@ class TrainConfig:
     loader_workers: int | None = option(None, "loader worker processes (default: the cores this process can "
                                                "spare on a GPU, none on the CPU; 0: in the training process)",
                                         resume="apply", group="running")
-    decode: str = option("cpu", "JPEG stores: decode on the loader's cores (cpu), on the GPU (cuda), or some "
-                                "batches on each (mixed)", choices=("cpu", "cuda", "mixed"), resume="apply",
+    decode: str = option("cpu", "JPEG stores: decode on the loader's cores (cpu), on the GPU by GPU workers "
+                                "(cuda), or both, each batch by whichever worker is free (mixed)", choices=("cpu", "cuda", "mixed"), resume="apply",
                          group="running")
+    cpu_decoder: str = option("auto", "the loader workers' JPEG decoder: simplejpeg or torchvision (both "
+                                      "libjpeg-turbo, the same pixels; simplejpeg has less overhead); auto: "
+                                      "simplejpeg when installed", choices=("auto", "simplejpeg", "torchvision"),
+                              resume="apply", group="running")
+    gpu_workers: int = option(1, "decode cuda or mixed: GPU worker processes per training process (each decodes "
+                                 "whole batches on the training GPU)", resume="apply", group="running")
+    gpu_decoder: str = option("auto", "decoding on the GPU: nvimgcodec (the GPU's hardware JPEG engines; "
+                                      "pip install alexnet[gpu-decode]), torchvision (nvJPEG on the SMs); "
+                                      "auto: nvimgcodec when installed", choices=("auto", "nvimgcodec", "torchvision"),
+                              resume="apply", group="running")
     stall_window: int = option(3000, "steps with the loss at ln(classes) before the run is stopped (0: never)",
                                resume="apply", group="running")
     stall_epochs: int = option(3, "epochs with the validation error at chance before the run is stopped "
@@ -116,6 +127,13 @@ FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 def field_help(name: str) -> str:
     return FIELDS[name].metadata["help"]
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # its parent package is missing
+        return False
 
 
 def check(cfg: TrainConfig) -> None:
@@ -140,6 +158,12 @@ def check(cfg: TrainConfig) -> None:
     for name in ("workers", "loader_workers"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, not {getattr(cfg, name)}")
+    if cfg.cpu_decoder == "simplejpeg" and not _installed("simplejpeg"):
+        raise ConfigError("--cpu-decoder simplejpeg: simplejpeg is not installed (pip install simplejpeg)")
+    if cfg.decode != "cpu" and cfg.gpu_decoder == "nvimgcodec" and not _installed("nvidia.nvimgcodec"):
+        raise ConfigError("--gpu-decoder nvimgcodec: nvImageCodec is not installed (pip install alexnet[gpu-decode])")
+    if cfg.decode != "cpu" and cfg.gpu_workers < 1:
+        raise ConfigError(f"--decode {cfg.decode} needs --gpu-workers of at least 1, not {cfg.gpu_workers}")
     if not 0.0 < cfg.val_fraction < 1.0:
         raise ConfigError(f"--val-fraction must be in (0, 1), not {cfg.val_fraction}")
     for name, f in FIELDS.items():

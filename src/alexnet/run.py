@@ -108,7 +108,7 @@ class Run:
             part = self.placement.eval_part(split)
             workers = None if self.cfg.loader_workers is None else min(self.cfg.loader_workers, 4)
             self.feeders[id(split)] = (part, Feeder(part, self.cfg.eval_batch_size, device=self.device,
-                                                    workers=workers))
+                                                    workers=workers, cpu_decoder=self.cfg.cpu_decoder))
         part, feeder = self.feeders[id(split)]
         return self.placement.evaluate(
             part, self.mean, self.cfg.crop, crops, device=self.device, amp_dtype=self.amp,
@@ -182,6 +182,8 @@ def _setup(cfg: TrainConfig, log, stop, given, dist: DistributedContext) -> Run:
     run_dir = Path(cfg.out)
     devices = _devices(cfg, dist)
     device = devices[0]                          # where batches are read and augmented
+    if cfg.decode != "cpu" and device.type != "cuda":
+        raise ConfigError(f"--decode {cfg.decode} decodes on a CUDA device; this run is on {device} (leave it out)")
     if cfg.cuda_graphs and device.type != "cuda":
         raise ConfigError(f"--cuda-graphs needs a CUDA device; this run is on {device} (leave it out, or "
                           "--no-cuda-graphs)")
@@ -196,12 +198,12 @@ def _setup(cfg: TrainConfig, log, stop, given, dist: DistributedContext) -> Run:
     model, options_used, recipe = _network(cfg, len(classes), resume, log)
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    # CUDA graphs by default where they were measured fastest and checked: one device, and one column
-    # per process (the NCCL exchanges inside the graph). Data parallel with the all-reduces inside the
-    # graph (--cuda-graphs under torchrun) is not the default yet: its exit on GPUs is unverified.
+    # CUDA graphs by default where they were measured fastest and checked on GPUs: one device, data
+    # parallel (the all-reduces inside the graph: --ddp-reduce step) and one column per process (the
+    # NCCL exchanges inside the graph); not the one-process columns (two devices in one graph).
     one_column_each = cfg.parallel == "columns" and dist.enabled
     graphs = cfg.cuda_graphs if cfg.cuda_graphs is not None else (
-        device.type == "cuda" and (one_column_each or cfg.parallel == "data" and not dist.enabled))
+        device.type == "cuda" and (one_column_each or cfg.parallel == "data"))
     reduce = cfg.ddp_reduce if cfg.ddp_reduce != "auto" else ("step" if graphs else "ddp")
     placement = place(model, cfg.parallel, dist, devices, recipe, memory_format, reduce)
     amp = amp_dtype(cfg.precision, device)
@@ -232,7 +234,8 @@ def _setup(cfg: TrainConfig, log, stop, given, dist: DistributedContext) -> Run:
               options_used=options_used, recipe=recipe, feeders={},
               train_feeder=Feeder(train_split, global_batch, shuffle=True, seed=cfg.seed, drop_last=True,
                                   device=device, rank=shard_rank, world_size=shards,
-                                  workers=cfg.loader_workers, decode=cfg.decode),
+                                  workers=cfg.loader_workers, decode=cfg.decode, cpu_decoder=cfg.cpu_decoder,
+                                  gpu_workers=cfg.gpu_workers, gpu_decoder=cfg.gpu_decoder),
               keeper=CheckpointKeeper(run_dir, cfg.keep_checkpoints), epoch=0, batch=0, global_step=0,
               best_error=float("inf"), batches_per_epoch=len(train_split) // global_batch,
               compiled=compile_, graphs=graphs, warm_steps=WARM_STEPS if device.type == "cuda" else 1)
@@ -377,7 +380,21 @@ def _describe(run: Run, lr: float, log) -> None:
     log(f"device: {' + '.join(str(d) for d in placement.devices)}{' x' + str(dist.world_size) if dist.enabled else ''}"
         f", {'bf16 autocast' if run.amp else 'fp32'}, {speed}, batch {run.global_batch} (per process "
         f"{run.local_batch}), lr {lr:g}, {cfg.epochs} epochs -> {run.run_dir}")
+    log(f"loader: {describe_feeder(run.train_feeder)}")
     if parallel is not None:
         log(f"parallel: {placement.describe()}")
         for line in format_run_accounting(parallel):
             log(line)
+
+
+def describe_feeder(feeder) -> str:
+    """One line: where the training batches are read and decoded."""
+    procs = f"{feeder.workers} worker processes" if feeder.workers else "threads of the training process"
+    if feeder.split.encoding != "jpeg":
+        return f"{procs}, {feeder.split.encoding} store"
+    if feeder.decode == "cpu":
+        return f"{procs}, JPEG store decoded on the CPU ({feeder.cpu_decoder})"
+    gpu = f"{feeder.gpu_workers} GPU worker{'s' if feeder.gpu_workers > 1 else ''} ({feeder.gpu_decoder} decoder)"
+    if feeder.decode == "cuda":
+        return f"JPEG store decoded on the GPU by {gpu}"
+    return f"JPEG store decoded by {procs} and {gpu}, each batch by the first free"

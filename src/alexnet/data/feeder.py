@@ -14,11 +14,11 @@ side stream, ``prefetch`` batches ahead, and gives the slot back once that copy 
 The consumer's stream waits on the copy's event (and ``record_stream`` keeps the memory alive).
 
 ``decode="cpu"`` (the default): the workers decode JPEGs with libjpeg-turbo; raw stores are
-copied. ``decode="cuda"``: the workers only fetch the JPEG bytes; a thread of the training process
-decodes each batch with ``torchvision.io.decode_jpeg(list, device=...)`` on a side stream.
-``decode="mixed"``: a fraction ``gpu_share`` of the batches (spread evenly) is decoded that way,
-the rest by the workers, so that the GPU takes only the decoding the cores cannot. (On a CPU
-device, for tests, the training process decodes those batches on the CPU.)
+copied. ``decode="cuda"``: ``gpu_workers`` GPU workers decode every batch on the training GPU
+(:mod:`alexnet.data.gpu_decode`: the hardware JPEG engines through nvImageCodec, or nvJPEG) and
+put the pixels in the slot. ``decode="mixed"``: CPU and GPU workers together; each batch goes to
+the least busy worker, so the GPU workers take as much as their speed allows. (On a CPU device,
+for tests, a GPU worker decodes on the CPU.)
 
 Order, sharding and resuming are those of :mod:`alexnet.data.order`. An error in a worker (a
 JPEG that does not decode) is raised here as a one-line DataError naming the store file and the
@@ -33,6 +33,7 @@ from collections import deque
 import numpy as np
 import torch
 
+from alexnet.data.gpu_decode import GPU_DECODERS
 from alexnet.data.handoff import on_current_stream
 from alexnet.data.inprocess import InProcessLoader
 from alexnet.data.order import epoch_shards, num_batches
@@ -44,6 +45,7 @@ __all__ = ["Feeder", "DECODES", "default_workers"]
 
 DECODES = ("cpu", "cuda", "mixed")
 DEPTH = 2  # batches queued per worker, so that none waits for the training process
+GPU_WORKERS = 1  # GPU worker processes per Feeder with decode="cuda" or "mixed"
 
 
 class Feeder:
@@ -53,13 +55,15 @@ class Feeder:
     ``workers``: processes (None: :func:`default_workers`, which is 0 on the CPU; 0: no processes,
     each epoch is an in-process :class:`~alexnet.data.loader.BatchLoader`, so one code path serves
     CPU and GPU runs). ``prefetch``: batches copied to the device ahead of use. ``decode``: where a
-    JPEG store is decoded: ``"cpu"``, ``"cuda"`` or ``"mixed"`` (``gpu_share`` of the batches on the
-    device).
+    JPEG store is decoded: ``"cpu"``, ``"cuda"`` or ``"mixed"``; ``gpu_workers`` (default 1, and 0
+    for ``"cpu"``) GPU worker processes with ``gpu_decoder``; ``cpu_decoder``: the CPU workers'
+    JPEG decoder (:func:`alexnet.data.decode.store_jpeg_decoder`).
     """
 
     def __init__(self, split, batch_size: int, *, shuffle: bool = False, seed: int = 0, drop_last: bool = False,
                  device="cpu", rank: int = 0, world_size: int = 1, workers: int | None = None, prefetch: int = 2,
-                 decode: str = "cpu", gpu_share: float = 0.1):
+                 decode: str = "cpu", gpu_workers: int | None = None, gpu_decoder: str = "auto",
+                 cpu_decoder: str = "auto"):
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
         if decode not in DECODES:
@@ -67,9 +71,19 @@ class Feeder:
         self.device = torch.device(device)
         if decode != "cpu" and split.encoding != "jpeg":
             raise ValueError(f"decode={decode!r} needs a JPEG store")
-        if not 0.0 <= gpu_share <= 1.0:
-            raise ValueError(f"gpu_share must be in [0, 1], got {gpu_share}")
-        self.gpu_share = {"cpu": 0.0, "cuda": 1.0}.get(decode, float(gpu_share))
+        self.gpu_workers = 0 if decode == "cpu" else (GPU_WORKERS if gpu_workers is None else int(gpu_workers))
+        if decode != "cpu" and self.gpu_workers < 1:
+            raise ValueError(f"decode={decode!r} needs at least one GPU worker, got {self.gpu_workers}")
+        if gpu_decoder not in GPU_DECODERS:
+            raise ValueError(f"unknown gpu_decoder {gpu_decoder!r}: {', '.join(GPU_DECODERS)}")
+        from alexnet.data.decode import store_jpeg_decoder
+
+        self.cpu_decoder = store_jpeg_decoder(cpu_decoder)[0]  # checks the name; "auto" resolved here
+        if gpu_decoder == "auto" and decode != "cpu":
+            from alexnet.data.gpu_decode import nvimgcodec_available
+
+            gpu_decoder = "nvimgcodec" if self.device.type == "cuda" and nvimgcodec_available() else "torchvision"
+        self.gpu_decoder = gpu_decoder
         self.split, self.batch_size = split, int(batch_size)
         self.shuffle, self.seed, self.drop_last = bool(shuffle), int(seed), bool(drop_last)
         self.rank, self.world_size = int(rank), int(world_size)
@@ -78,13 +92,16 @@ class Feeder:
         self.batches_per_epoch = num_batches(self.n, self.batch_size, self.drop_last)
         if type(split).__name__ != "PreparedSplit":
             workers = 0  # any object with read(indices, out): read in this process
-        self.workers = default_workers(self.device, split.encoding, decode) if workers is None else int(workers)
-        if self.workers < 0 or (decode != "cpu" and self.workers == 0):
-            raise ValueError(f"workers must be at least {1 if decode != 'cpu' else 0}, got {self.workers}")
+        self.workers = (default_workers(self.device, split.encoding, decode, self.gpu_workers) if workers is None
+                        else int(workers))
+        if self.workers < 0 or (decode == "mixed" and self.workers == 0) or (decode == "cuda" and self.workers):
+            raise ValueError(f"workers (CPU) must be {'0' if decode == 'cuda' else 'at least 1' if decode == 'mixed' else '>= 0'} "
+                             f"with decode={decode!r}, got {self.workers}")
         self._labels = split.labels.numpy()
         self._gen = 0
         self._broken: DataError | None = None
-        if self.workers == 0:  # the in-process loader, one BatchLoader per epoch
+        self._all = self.workers + self.gpu_workers  # CPU workers first, then GPU workers
+        if self._all == 0:  # the in-process loader, one BatchLoader per epoch
             self._finalizer = weakref.finalize(self, _nothing)
             return
         self._start(-(-self.batch_size // self.world_size))
@@ -98,30 +115,35 @@ class Feeder:
         source = {"kind": "raw", "path": str(self.split.path), "size": self.split.size}
         if self.split.encoding == "raw":
             return source, 0
-        source.update(kind="jpeg", offsets=str(self.split.data.path / F.offsets_file(self.split.name)))
+        source.update(kind="jpeg", offsets=str(self.split.data.path / F.offsets_file(self.split.name)),
+                      cpu_decoder=self.cpu_decoder)
         off = self.split.offsets()
         return source, int(np.diff(off).max()) if len(off) > 1 else 0
 
     def _start(self, local_batch: int) -> None:
         source, longest = self._source()
-        layout = SlotLayout(max(1, local_batch), self.split.size, pixels=self.gpu_share < 1.0,
-                            blob=max(1, local_batch) * longest if self.gpu_share > 0.0 else 0)
-        self._ring = Ring(self.workers * DEPTH + self.prefetch + 2, layout)
+        layout = SlotLayout(max(1, local_batch), self.split.size, pixels=True,
+                            blob=max(1, local_batch) * longest if self.gpu_workers else 0)
+        self._ring = Ring(self._all * DEPTH + self.prefetch + 2, layout)
         self._free = deque(range(self._ring.slots))
         self._releasing: deque = deque()  # (event or None, slot): given back once the copy is done
         self._ready: dict[int, int] = {}  # batch -> slot, filled for this generation
-        self._todo: deque = deque()  # (batch, rows, labels, decoded on the device) not yet sent to a worker
-        self._busy = [0] * self.workers
+        self._todo: deque = deque()  # (batch, rows, labels) not yet sent to a worker
+        self._busy = [0] * self._all
         self._cuda = self.device.type == "cuda"
         self._stream = torch.cuda.Stream(self.device) if self._cuda else None
         self._staging: deque = deque()
-        if self._cuda and not self._ring.register_cuda() and self.gpu_share < 1.0:
+        if self._cuda and not self._ring.register_cuda():
             # The driver refused to page-lock shared memory: copy each slot into pinned staging
             # buffers first (one memcpy more per batch, in this process).
             self._staging.extend(
                 [None, torch.empty((local_batch, self.split.size, self.split.size, 3), dtype=torch.uint8,
                                    pin_memory=True)] for _ in range(self.prefetch + 2))
-        self._pool = WorkerPool(self.workers, self._ring, source)  # last: nothing after it can fail
+        device = self.device
+        if self._cuda and device.index is None:  # the GPU workers decode on this process's GPU
+            device = torch.device("cuda", torch.cuda.current_device())
+        gpu = {"device": str(device), "decoder": self.gpu_decoder}
+        self._pool = WorkerPool(self.workers, self._ring, source, self.gpu_workers, gpu)  # last: nothing after it can fail
 
     # -- the public side
     def __len__(self) -> int:
@@ -134,7 +156,7 @@ class Feeder:
             raise ValueError(f"start_batch {start_batch} is outside 0..{self.batches_per_epoch}")
         if self.closed:
             raise RuntimeError("this Feeder is closed")
-        if self.workers == 0:
+        if self._all == 0:
             return InProcessLoader(self.split, self.batch_size, shuffle=self.shuffle, seed=self.seed, epoch=epoch,
                                    start_batch=start_batch, drop_last=self.drop_last, device=self.device,
                                    rank=self.rank, world_size=self.world_size, prefetch=self.prefetch, workers=0)
@@ -155,7 +177,7 @@ class Feeder:
         return not self._finalizer.alive
 
     def pids(self) -> list[int]:
-        return self._pool.pids() if self.workers else []
+        return self._pool.pids() if self._all else []
 
     # -- scheduling (only the iterating thread calls these)
     def _begin(self, shards: list[torch.Tensor]) -> None:
@@ -172,18 +194,11 @@ class Feeder:
         rows = self.split.stored_rows(order)
         labels = self._labels[order]
         self._todo.clear()
-        self._rows_of = []  # stored rows of each batch, to name an image that fails on the GPU
         at = 0
         for b, s in enumerate(shards):
-            self._rows_of.append(rows[at : at + len(s)])
             if len(s):
-                self._todo.append((b, rows[at : at + len(s)], labels[at : at + len(s)], self._on_device(b)))
+                self._todo.append((b, rows[at : at + len(s)], labels[at : at + len(s)]))
             at += len(s)
-
-    def _on_device(self, b: int) -> bool:
-        """Whether batch ``b`` (of this epoch's list) is decoded by the training process: every
-        batch where the running count of ``gpu_share * (b + 1)`` steps up."""
-        return int((b + 1) * self.gpu_share) > int(b * self.gpu_share)
 
     def _reclaim(self) -> None:
         while self._releasing and (self._releasing[0][0] is None or self._releasing[0][0].query()):
@@ -191,11 +206,11 @@ class Feeder:
 
     def _dispatch(self) -> None:
         while self._todo and self._free:
-            w = min(range(self.workers), key=self._busy.__getitem__)
+            w = min(range(self._all), key=self._busy.__getitem__)  # ties: the first, a CPU worker
             if self._busy[w] >= DEPTH:
                 return
-            b, rows, labels, on_device = self._todo.popleft()
-            self._pool.send(w, (self._gen, b, self._free.popleft(), rows, labels, on_device))
+            b, rows, labels = self._todo.popleft()
+            self._pool.send(w, (self._gen, b, self._free.popleft(), rows, labels))
             self._busy[w] += 1
 
     def _collect(self, timeout: float) -> None:
@@ -230,10 +245,6 @@ class Feeder:
 
     def _deliver(self, b: int, slot: int, n: int):
         """(images (n,3,S,S), labels, event) on the device, from the filled slot of batch ``b``."""
-        if self._on_device(b):
-            from alexnet.data.gpu_decode import decode_slot
-
-            return decode_slot(self, slot, n, self._rows_of[b])
         x, y = self._ring.images(slot, n), self._ring.labels(slot, n)
         if not self._cuda:
             x, y = x.clone(), y.clone()
@@ -313,10 +324,6 @@ class EpochBatches:
     def __iter__(self):
         f = self.feeder
         items = f._produce(self.shards())
-        if f.gpu_share > 0.0:
-            from alexnet.data.gpu_decode import in_thread
-
-            items = in_thread(items, f.prefetch, f.device)
         try:
             for x, y, ev in items:
                 yield on_current_stream(x, y, ev, f.device)

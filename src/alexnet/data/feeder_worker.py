@@ -1,14 +1,16 @@
 """A loader worker process: reads the images of one batch straight into a slot of the shared ring.
 
-It receives ``(generation, batch, slot, rows, labels, bytes_only)`` on its pipe and answers ``("done", ...)``
+It receives ``(generation, batch, slot, rows, labels)`` on its pipe and answers ``("done", ...)``
 or ``("error", ..., path, problem)``; ``None`` stops it, and so does the end of the pipe or of the
 training process (it checks every second). Ctrl-C is left to the training process.
 
 Sources (a dict, see :func:`reader`):
 
 * ``raw``: one ``preadv`` per image from the raw array into the slot, in file order;
-* ``jpeg``: read each JPEG and decode it with torchvision (libjpeg-turbo) into the slot, or, for
-  a batch the training process decodes (on the GPU), only copy the bytes into the slot's blob.
+* ``jpeg``: read each JPEG and decode it into the slot (``source["cpu_decoder"]``: simplejpeg or
+  torchvision, both libjpeg-turbo; :func:`alexnet.data.decode.store_jpeg_decoder`); a GPU
+  worker (``gpu`` given) copies the bytes into the slot's blob and decodes them on the GPU
+  (:class:`alexnet.data.gpu_decode.GpuDecoding`), which writes the pixels into the slot.
 """
 
 from __future__ import annotations
@@ -16,9 +18,8 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import torch
 
-from alexnet.data.decode import decode_store_jpeg
+from alexnet.data.decode import store_jpeg_decoder
 from alexnet.data.procs import worker_setup
 from alexnet.data.ring import Ring, RingHandle
 from alexnet.errors import DataError
@@ -55,6 +56,7 @@ class JpegReader:
         self.offsets = np.load(source["offsets"], allow_pickle=False)
         self.fd = os.open(self.path, os.O_RDONLY)
         self.buf = bytearray(int(np.diff(self.offsets).max()) if len(self.offsets) > 1 else 1)
+        self.decoder, self.decode_into = store_jpeg_decoder(source.get("cpu_decoder", "auto"))
 
     def fill(self, ring: Ring, slot: int, rows: np.ndarray, bytes_only: bool = False) -> None:
         starts, ends = self.offsets[rows], self.offsets[rows + 1]
@@ -67,12 +69,12 @@ class JpegReader:
             for j in order:
                 _pread_into(self.fd, blob[at[j] : at[j] + lengths[j]], int(starts[j]), self.path, int(rows[j]))
             return
-        dst = ring.images(slot, len(rows))
+        dst = ring.images(slot, len(rows)).numpy()
+        buf = memoryview(self.buf)
         for j in order:
             n = int(ends[j] - starts[j])
-            _pread_into(self.fd, memoryview(self.buf)[:n], int(starts[j]), self.path, int(rows[j]))
-            data = torch.frombuffer(self.buf, dtype=torch.uint8, count=n)
-            dst[j].copy_(decode_store_jpeg(data, self.size, self.path, int(rows[j])))
+            _pread_into(self.fd, buf[:n], int(starts[j]), self.path, int(rows[j]))
+            self.decode_into(buf[:n], dst[j], self.path, int(rows[j]))
 
 
 def reader(source: dict):
@@ -98,12 +100,18 @@ def _problem(e: BaseException, source: dict) -> tuple[str, str]:
     return source["path"], f"loader worker failed: {type(e).__name__}: {text}"
 
 
-def main(wid: int, conn, handle: RingHandle, source: dict, parent: int) -> None:
-    """The worker's life: attach, say ready, fill slots until told to stop."""
+def main(wid: int, conn, handle: RingHandle, source: dict, parent: int, gpu: dict | None = None) -> None:
+    """The worker's life: attach, say ready, fill slots until told to stop. ``gpu``: this is a GPU
+    worker (``{"device": ..., "decoder": ...}``)."""
     worker_setup()
     try:
         ring = Ring.attach(handle)
         read = reader(source)
+        on_gpu = None
+        if gpu is not None:
+            from alexnet.data.gpu_decode import GpuDecoding
+
+            on_gpu = GpuDecoding(ring, source, gpu["device"], gpu["decoder"])
         conn.send(("ready", wid, None, None, None))
     except BaseException as e:
         conn.send(("error", wid, None, None, None) + _problem(e, source))
@@ -119,9 +127,11 @@ def main(wid: int, conn, handle: RingHandle, source: dict, parent: int) -> None:
             return
         if task is None:
             return
-        gen, b, slot, rows, labels, bytes_only = task
+        gen, b, slot, rows, labels = task
         try:
-            read.fill(ring, slot, rows, bytes_only)
+            read.fill(ring, slot, rows, bytes_only=on_gpu is not None)
+            if on_gpu is not None:
+                on_gpu.fill(ring, slot, rows)
             ring.labels(slot, len(labels)).numpy()[:] = labels
             reply = ("done", wid, gen, b, slot)
         except Exception as e:

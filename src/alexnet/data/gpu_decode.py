@@ -1,28 +1,114 @@
-"""Decoding a batch of the store's JPEGs on the GPU (``Feeder(decode="cuda" or "mixed")``).
+"""Decoding the store's JPEGs on the GPU, in a GPU worker (``Feeder(decode="cuda" or "mixed")``).
 
-The workers have put the batch's JPEG bytes in a slot; here ``torchvision.io.decode_jpeg`` takes
-them as one list (nvJPEG, batched) on the Feeder's side stream. It runs in a thread of the
-training process (:func:`in_thread`), since the call returns only when the batch is decoded and
-the training loop must not wait for it; the thread holds the GIL only to split the slot into
-tensors and to launch the decode.
+A GPU worker is a loader worker process (:mod:`alexnet.data.feeder_worker`) that owns a decoder on
+the training process's GPU: it reads a batch's JPEG bytes into its slot of the ring, decodes them
+as one list on its own stream, and copies the pixels back into the slot, so the training process
+receives the batch like any other (one copy to the GPU) and spends no interpreter time on it. The
+copy back costs PCIe bandwidth (50 MB per batch of 256), not the training process's time. Decoders:
+
+* ``nvimgcodec``: NVIDIA nvImageCodec on the GPU's hardware JPEG engines (A100, H100, H200 have
+  them), which leaves the SMs to training; images the engines cannot take fall back to its CUDA
+  decoder. Optional: ``pip install nvidia-nvimgcodec-cu13 nvidia-nvjpeg`` (the ``gpu-decode`` extra).
+* ``torchvision``: ``torchvision.io.decode_jpeg(list, device=...)`` (nvJPEG on the SMs).
+
+``gpu_decoder="auto"`` takes nvImageCodec when it is installed (on a GPU without JPEG engines it
+uses its CUDA decoder, like torchvision's), else torchvision. On a CPU device (the tests' stand-in
+for a GPU) the GPU worker decodes with torchvision on the CPU, so its pixels are the CPU workers'.
 """
 
 from __future__ import annotations
 
 import contextlib
-import queue
-import threading
+import functools
 import warnings
 
 import torch
 
-from alexnet.data.handoff import Failure, put, stop_and_drain
 from alexnet.errors import DataError
 
-__all__ = ["decode_slot", "in_thread"]
+__all__ = ["GPU_DECODERS", "GpuDecoding", "gpu_decoder", "nvimgcodec_available"]
+
+GPU_DECODERS = ("auto", "nvimgcodec", "torchvision")
 
 
-def _bad_image(parts: list[torch.Tensor], rows, size: int, path) -> DataError:
+@functools.cache
+def _nvimgcodec():
+    """The nvImageCodec module, or None when it is not installed (or does not load)."""
+    try:
+        from nvidia import nvimgcodec
+    except Exception:  # ImportError, or a shared library that does not load
+        return None
+    return nvimgcodec
+
+
+def nvimgcodec_available() -> bool:
+    return _nvimgcodec() is not None
+
+
+class NvImageCodec:
+    """nvImageCodec's decoder for one device: the hardware JPEG engines first, its CUDA decoder for
+    what they refuse. ``__call__(parts, stream)`` -> list of (S,S,3) uint8 tensors (None: undecodable)
+    and the objects that own their memory (keep them until the stream has used the tensors)."""
+
+    name = "nvimgcodec"
+
+    def __init__(self, device: torch.device, threads: int = 4):
+        nv = _nvimgcodec()
+        if nv is None:
+            raise RuntimeError("nvImageCodec is not installed: pip install nvidia-nvimgcodec-cu13 nvidia-nvjpeg")
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        self._nv = nv
+        # Its CPU threads (0: one per core) prepare the engines' work; the loader's workers need the cores.
+        self.decoder = nv.Decoder(device_id=index, max_num_cpu_threads=threads, backends=[nv.Backend(nv.BackendKind.HW_GPU_ONLY),
+                                                             nv.Backend(nv.BackendKind.GPU_ONLY)])
+        self.params = nv.DecodeParams(apply_exif_orientation=False, color_spec=nv.ColorSpec.SRGB,
+                                      allow_any_depth=False)
+
+    def __call__(self, parts: list[torch.Tensor], stream):
+        nv = self._nv
+        images = self.decoder.decode([nv.CodeStream(p.numpy()) for p in parts], params=self.params,
+                                     cuda_stream=stream.cuda_stream)
+        # from_dlpack hands the current stream (the feeder's) to the producer, which orders them.
+        return [None if im is None else torch.from_dlpack(im) for im in images], images
+
+
+class TorchvisionNvjpeg:
+    """``torchvision.io.decode_jpeg`` on the device (nvJPEG on the SMs)."""
+
+    name = "torchvision"
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def __call__(self, parts: list[torch.Tensor], stream):
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        from alexnet.data.decode import TV_CODEC_DEPRECATION
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=TV_CODEC_DEPRECATION, category=DeprecationWarning)
+            images = decode_jpeg(parts, mode=ImageReadMode.RGB, device=self.device)
+        return [im.permute(1, 2, 0) for im in images], None
+
+
+def gpu_decoder(name: str, device) -> "NvImageCodec | TorchvisionNvjpeg":
+    """The decoder ``name`` (one of GPU_DECODERS) for ``device``. On a CPU device (the tests' stand-in
+    for the GPU path) torchvision decodes on the CPU."""
+    if name not in GPU_DECODERS:
+        raise ValueError(f"unknown GPU decoder {name!r}: {', '.join(GPU_DECODERS)}")
+    device = torch.device(device)
+    if device.type != "cuda":
+        return TorchvisionNvjpeg(device)
+    if name == "nvimgcodec" or (name == "auto" and nvimgcodec_available()):
+        try:
+            return NvImageCodec(device)
+        except Exception as e:
+            if name == "nvimgcodec":
+                raise RuntimeError(f"nvImageCodec does not start on {device}: {e}") from None
+    return TorchvisionNvjpeg(device)
+
+
+def _bad_image(parts: list[torch.Tensor], rows, size: int, path, error: BaseException | None = None) -> DataError:
     """The first image of a batch that does not decode, found on the CPU (only after a failure)."""
     from alexnet.data.decode import decode_store_jpeg
 
@@ -31,80 +117,51 @@ def _bad_image(parts: list[torch.Tensor], rows, size: int, path) -> DataError:
             decode_store_jpeg(part, size, path, int(row))
         except DataError as e:
             return e
-    return DataError(path, f"images {int(min(rows))}..{int(max(rows))}: the GPU decoder rejects the batch, "
+    why = "" if error is None else f" ({type(error).__name__}: {' '.join(str(error).split())[:200]})"
+    return DataError(path, f"images {int(min(rows))}..{int(max(rows))}: the GPU decoder rejects the batch{why}, "
                            "though each image decodes on the CPU; use decode='cpu'")
 
 
-def decode_slot(feeder, slot: int, n: int, rows):
-    """(images (n,3,S,S) channels_last, labels, event) on the feeder's device from a slot of JPEG
-    bytes; the slot is given back once the event has passed (at once on a CPU device)."""
-    from torchvision.io import ImageReadMode, decode_jpeg
+class GpuDecoding:
+    """In a GPU worker: the pixels of a slot whose JPEG bytes are in its blob, decoded on ``device``
+    and written into the slot's images."""
 
-    from alexnet.data.decode import TV_CODEC_DEPRECATION
+    def __init__(self, ring, source: dict, device, decoder: str):
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", 0)
+        self.path, self.size = source["path"], source["size"]
+        self.cuda = self.device.type == "cuda"
+        self.stream = None
+        if self.cuda:
+            torch.cuda.set_device(self.device)
+            self.stream = torch.cuda.Stream(self.device)
+            # The ring page-locked here too: the pixels go back with one asynchronous copy.
+            self.registered = ring.register_cuda()
+        self.decoder = gpu_decoder(decoder, self.device)
 
-    ring, S = feeder._ring, feeder.split.size
-    lengths = ring.lengths(slot, n)
-    parts = list(ring.blob(slot)[: int(lengths.sum())].split(lengths.tolist()))
-    cuda = feeder.device.type == "cuda"
-    with torch.cuda.stream(feeder._stream) if cuda else contextlib.nullcontext():
-        try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=TV_CODEC_DEPRECATION, category=DeprecationWarning)
-                images = decode_jpeg(parts, mode=ImageReadMode.RGB, device=feeder.device)
-        except Exception:
-            feeder._free.append(slot)
-            raise _bad_image(parts, rows, S, feeder.split.path) from None
-        for im, row in zip(images, rows):
-            if tuple(im.shape) != (3, S, S):
-                feeder._free.append(slot)
-                raise DataError(feeder.split.path, f"image {int(row)} is {tuple(im.shape)}, expected (3, {S}, {S}); "
-                                                   "prepare the data again")
-        x = torch.stack([im.permute(1, 2, 0) for im in images])  # (n,S,S,3): channels_last storage
-        ev = None
-        if cuda:
-            y = ring.labels(slot, n).to(feeder.device, non_blocking=True)
-            ev = torch.cuda.Event()
-            ev.record(feeder._stream)
-        else:
-            y = ring.labels(slot, n).clone()
-    feeder._releasing.append((ev, slot))
-    return x.permute(0, 3, 1, 2), y, ev
-
-
-_END = object()
-
-
-def in_thread(items, depth: int, device: torch.device):
-    """Iterate the generator ``items`` in a thread, ``depth`` items ahead; closing this generator
-    stops the thread."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    index = None
-    if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-
-    def run() -> None:
-        if index is not None:
-            torch.cuda.set_device(index)
-        try:
-            for item in items:
-                if not put(q, item, stop):
-                    return
-            put(q, _END, stop)
-        except BaseException as e:  # raised in the consumer
-            put(q, Failure(e), stop)
-        finally:
-            items.close()
-
-    th = threading.Thread(target=run, name="alexnet-gpu-decode", daemon=True)
-    th.start()
-    try:
-        while True:
-            item = q.get()
-            if item is _END:
-                return
-            if isinstance(item, Failure):
-                raise item.exc
-            yield item
-    finally:
-        stop_and_drain(stop, q, th)
+    def fill(self, ring, slot: int, rows) -> None:
+        n, S = len(rows), self.size
+        lengths = ring.lengths(slot, n)
+        parts = list(ring.blob(slot)[: int(lengths.sum())].split(lengths.tolist()))
+        with torch.cuda.stream(self.stream) if self.cuda else contextlib.nullcontext():
+            try:
+                images, owners = self.decoder(parts, self.stream)
+            except Exception as e:
+                raise _bad_image(parts, rows, S, self.path, e) from None
+            if any(im is None for im in images):
+                raise _bad_image(parts, rows, S, self.path)
+            for im, row in zip(images, rows):
+                if tuple(im.shape) != (S, S, 3):
+                    raise DataError(self.path, f"image {int(row)} is {tuple(im.shape)} (HWC), expected ({S}, {S}, 3); "
+                                               "prepare the data again")
+            dst = ring.images(slot, n)  # (n,S,S,3) in the shared ring
+            if self.cuda:
+                dst.copy_(torch.stack(images), non_blocking=self.registered)
+                # Wait without spinning (CUDA's default spins a core, which the CPU workers need).
+                done = torch.cuda.Event(blocking=True)
+                done.record(self.stream)
+                done.synchronize()
+            else:
+                torch.stack(images, out=dst)
+        del owners  # the decoder's buffers: free once the copy is done

@@ -21,7 +21,7 @@ __all__ = ["measure", "jpeg_table", "sample_images"]
 
 
 def _loader_rate(split, batch: int, workers: int, decode: str, device, seconds: float, step=None,
-                 gpu_share: float = 0.1) -> dict:
+                 gpu_workers: int = 1, cpu_decoder: str = "auto") -> dict:
     """Images/s over whole epochs (after one warm-up batch) for one setting."""
     from alexnet.data.feeder import Feeder
     from alexnet.data.loader import BatchLoader
@@ -29,7 +29,7 @@ def _loader_rate(split, batch: int, workers: int, decode: str, device, seconds: 
     t0 = time.perf_counter()
     cuda = torch.device(device).type == "cuda"
     feeder = Feeder(split, batch, shuffle=True, seed=0, drop_last=True, device=device, workers=workers,
-                    decode=decode, gpu_share=gpu_share) if workers else None
+                    decode=decode, gpu_workers=gpu_workers, cpu_decoder=cpu_decoder) if workers or decode != "cpu" else None
     try:
         def epoch(e):
             if feeder is not None:
@@ -62,10 +62,11 @@ def _loader_rate(split, batch: int, workers: int, decode: str, device, seconds: 
 
 def measure(path, batch: int = 256, workers_list=(0, 2, 4, 8, 14), decode_modes=("cpu", "cuda", "mixed"),
             seconds: float = 10.0, device: str | None = None, split: str = "train", step=None,
-            gpu_shares=(0.05, 0.1, 0.2)) -> list[dict]:
-    """Print (and return) loader-alone images/s of the store at ``path`` for each number of workers
-    and each decoding (``"cuda"`` and ``"mixed"``, with each of ``gpu_shares``, only for a JPEG
-    store on a GPU; 0 workers = in-process threads). ``step(images, labels)``, optional, runs on
+            gpu_workers_list=(1, 2), cpu_decoders=("auto",)) -> list[dict]:
+    """Print (and return) loader-alone images/s of the store at ``path`` for each number of (CPU)
+    workers and each decoding (``"cuda"`` and ``"mixed"``, with each number of GPU workers in
+    ``gpu_workers_list``, only for a JPEG store on a GPU; 0 workers = in-process threads, or with
+    ``"cuda"`` GPU workers alone), with each of ``cpu_decoders`` for the CPU workers. ``step(images, labels)``, optional, runs on
     every batch (e.g. a training step, to measure the loader beside it)."""
     from alexnet.data.prepared import PreparedData
 
@@ -75,21 +76,23 @@ def measure(path, batch: int = 256, workers_list=(0, 2, 4, 8, 14), decode_modes=
     rows = []
     print(f"loader alone: {path} split {split}: {len(sp):,} images {data.size}x{data.size}, {sp.encoding}"
           f"{'' if sp.quality is None else f' q{sp.quality}'}, batch {batch}, device {device}, {seconds:.0f} s each")
-    print(f"{'workers':>7} {'decode':>10} {'images/s':>10} {'MB/s in':>8} {'start s':>7}")
+    print(f"{'workers':>7} {'decode':>22} {'images/s':>10} {'MB/s in':>8} {'start s':>7}")
     per_image = data.size * data.size * 3 if sp.encoding == "raw" else float(np.diff(sp.offsets()).mean())
     for decode in decode_modes:
         if decode != "cpu" and (sp.encoding != "jpeg" or torch.device(device).type != "cuda"):
             continue
-        for share in (gpu_shares if decode == "mixed" else (0.0,)):
-            for w in workers_list:
-                if decode != "cpu" and w == 0:
+        for g in (gpu_workers_list if decode != "cpu" else (0,)):
+            for w in (workers_list if decode != "cuda" else (0,)):
+                if decode == "mixed" and w == 0:
                     continue
-                r = _loader_rate(sp, batch, w, decode, device, seconds, step, share)
-                r.update(workers=w, decode=decode, gpu_share=share, encoding=sp.encoding, batch=batch)
-                rows.append(r)
-                name = f"mixed {share:.2f}" if decode == "mixed" else decode
-                print(f"{w:>7} {name:>10} {r['images_per_s']:>10,.0f} {r['images_per_s'] * per_image / 1e6:>8,.0f} "
-                      f"{r['startup_s']:>7.1f}", flush=True)
+                for cd in (cpu_decoders if sp.encoding == "jpeg" and decode != "cuda" else ("auto",)):
+                    r = _loader_rate(sp, batch, w, decode, device, seconds, step, g, cd)
+                    r.update(workers=w, decode=decode, gpu_workers=g, cpu_decoder=cd, encoding=sp.encoding,
+                             batch=batch)
+                    rows.append(r)
+                    name = (f"{decode} +{g}gpu" if decode != "cpu" else decode) + (f" {cd}" if cd != "auto" else "")
+                    print(f"{w:>7} {name:>22} {r['images_per_s']:>10,.0f} "
+                          f"{r['images_per_s'] * per_image / 1e6:>8,.0f} {r['startup_s']:>7.1f}", flush=True)
     return rows
 
 

@@ -23,15 +23,16 @@ __all__ = ["WorkerPool", "default_workers", "RAW_WORKERS"]
 RAW_WORKERS = 4  # copying raw rows from the page cache: ~2-4 GB/s each; 4 cover 43,000 images/s at 256
 
 
-def default_workers(device, encoding: str, decode: str = "cpu") -> int:
-    """Worker processes for a loader on ``device``: none on the CPU (training there is slow and
+def default_workers(device, encoding: str, decode: str = "cpu", gpu_workers: int = 0) -> int:
+    """CPU worker processes for a loader on ``device``: none on the CPU (training there is slow and
     uses the same cores); on a GPU the cores this rank can spare, leaving two for the training
-    process. Raw stores and GPU decoding only copy bytes: at most RAW_WORKERS."""
-    if torch.device(device).type != "cuda":
+    process and one for each GPU worker. Raw stores only copy bytes: at most RAW_WORKERS. JPEGs all
+    decoded by GPU workers (``decode="cuda"``): none."""
+    if torch.device(device).type != "cuda" or decode == "cuda":
         return 0
     local_ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    spare = max(1, usable_cores() // local_ranks - 2)
-    if encoding == "raw" or decode == "cuda":
+    spare = max(1, usable_cores() // local_ranks - 2 - (gpu_workers if decode == "mixed" else 0))
+    if encoding == "raw":
         return min(spare, RAW_WORKERS)
     return spare
 
@@ -39,18 +40,21 @@ def default_workers(device, encoding: str, decode: str = "cpu") -> int:
 class WorkerPool:
     """``workers`` processes running :func:`alexnet.data.feeder_worker.main` on one ring and source."""
 
-    def __init__(self, workers: int, ring: Ring, source: dict):
+    def __init__(self, workers: int, ring: Ring, source: dict, gpu_workers: int = 0, gpu: dict | None = None):
+        """``workers`` CPU workers, then ``gpu_workers`` GPU workers (``gpu``: their device and decoder)."""
         from alexnet.data import feeder_worker
 
         ctx = context()
         self.source = source
         self.conns, self.procs = [], []
-        self._starting = set(range(workers))
+        self._starting = set(range(workers + gpu_workers))
         try:
-            for w in range(workers):
+            for w in range(workers + gpu_workers):
                 mine, theirs = ctx.Pipe(duplex=True)
-                p = ctx.Process(target=feeder_worker.main, args=(w, theirs, ring.handle(), source, os.getpid()),
-                                name=f"alexnet-loader-{w}", daemon=True)
+                on_gpu = gpu if w >= workers else None
+                p = ctx.Process(target=feeder_worker.main,
+                                args=(w, theirs, ring.handle(), source, os.getpid(), on_gpu),
+                                name=f"alexnet-loader-{'gpu-' if on_gpu else ''}{w}", daemon=True)
                 p.start()
                 theirs.close()
                 self.conns.append(mine)
