@@ -94,9 +94,9 @@ class Feeder:
             workers = 0  # any object with read(indices, out): read in this process
         self.workers = (default_workers(self.device, split.encoding, decode, self.gpu_workers) if workers is None
                         else int(workers))
+        allowed = {"cpu": ">= 0", "cuda": "0", "mixed": "at least 1"}[decode]
         if self.workers < 0 or (decode == "mixed" and self.workers == 0) or (decode == "cuda" and self.workers):
-            raise ValueError(f"workers (CPU) must be {'0' if decode == 'cuda' else 'at least 1' if decode == 'mixed' else '>= 0'} "
-                             f"with decode={decode!r}, got {self.workers}")
+            raise ValueError(f"workers (CPU) must be {allowed} with decode={decode!r}, got {self.workers}")
         self._labels = split.labels.numpy()
         self._gen = 0
         self._broken: DataError | None = None
