@@ -193,13 +193,13 @@ class PreparedSplit:
             for j in order.tolist():
                 buf[j] = mm[idx[j]]
         else:
-            from alexnet.data.decode import decode_store_jpeg
+            from alexnet.data.decode import store_jpeg_decoder
 
+            decode_into = store_jpeg_decoder()[1]  # simplejpeg, or torchvision without it
             off = self._offsets
             for j in order.tolist():
                 i = int(idx[j])
-                data = torch.from_numpy(np.array(mm[off[i] : off[i + 1]]))
-                buf[j] = decode_store_jpeg(data, S, self.path, i).numpy()
+                decode_into(mm[off[i] : off[i + 1]], buf[j], self.path, i)
         t = out if isinstance(out, torch.Tensor) else torch.from_numpy(buf)
         return t.permute(0, 3, 1, 2)
 
