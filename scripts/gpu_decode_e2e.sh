@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # JPEG decoding end to end, on the two-GPU machine, from the repository root with .whl/ holding
-# the nvImageCodec, nvJPEG and simplejpeg wheels for Python 3.12 (pip download --no-deps
-# nvidia-nvimgcodec-cu13 nvidia-nvjpeg simplejpeg; nvImageCodec's slimmed to its cp312 module and
-# JPEG extensions to fit the carry limit) and .carry/imagenet-sample/:
+# the nvImageCodec, nvJPEG and simplejpeg wheels for Python 3.12 (made by scripts/make_device_wheels.sh)
+# and .carry/imagenet-sample/:
 #   0. nvImageCodec installed (no network there: the carried wheels) and the GPU decoder tests;
 #   1. the loader alone (alexnet.data.loader_bench.measure, batch 256): CPU workers, GPU workers
 #      (1 or 2), both;
