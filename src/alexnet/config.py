@@ -73,7 +73,8 @@ class TrainConfig:
     compile: bool | None = option(None, "torch.compile the step (default: on CUDA)", resume="apply", group="running")
     cuda_graphs: bool | None = option(None, "replay each step as one CUDA graph (default on CUDA: on for one GPU, "
                                             "for data parallel, with the all-reduces in the graph, and for one "
-                                            "column per process; off for the one-process columns)", resume="apply", group="running")
+                                            "column per process; off for the one-process columns)",
+                                      resume="apply", group="running")
     ddp_reduce: str = option("auto", "data parallel: who all-reduces the gradients: ddp (torch's DDP, overlapped "
                                      "with the backward pass), step (the step, after the backward pass: what a "
                                      "CUDA graph of the step needs); auto: step when the step is a CUDA graph",
@@ -103,8 +104,8 @@ class TrainConfig:
                                                "spare on a GPU, none on the CPU; 0: in the training process)",
                                         resume="apply", group="running")
     decode: str = option("cpu", "JPEG stores: decode on the loader's cores (cpu), on the GPU by GPU workers "
-                                "(cuda), or both, each batch by whichever worker is free (mixed)", choices=("cpu", "cuda", "mixed"), resume="apply",
-                         group="running")
+                                "(cuda), or both, each batch by whichever worker is free (mixed)",
+                         choices=("cpu", "cuda", "mixed"), resume="apply", group="running")
     cpu_decoder: str = option("auto", "the loader workers' JPEG decoder: simplejpeg or torchvision (both "
                                       "libjpeg-turbo, the same pixels; simplejpeg has less overhead); auto: "
                                       "simplejpeg when installed", choices=("auto", "simplejpeg", "torchvision"),
@@ -161,7 +162,8 @@ def check(cfg: TrainConfig) -> None:
     if cfg.cpu_decoder == "simplejpeg" and not _installed("simplejpeg"):
         raise ConfigError("--cpu-decoder simplejpeg: simplejpeg is not installed (pip install simplejpeg)")
     if cfg.decode != "cpu" and cfg.gpu_decoder == "nvimgcodec" and not _installed("nvidia.nvimgcodec"):
-        raise ConfigError("--gpu-decoder nvimgcodec: nvImageCodec is not installed (pip install alexnet[gpu-decode])")
+        raise ConfigError("--gpu-decoder nvimgcodec: nvImageCodec is not installed "
+                          "(pip install alexnet[gpu-decode])")
     if cfg.decode != "cpu" and cfg.gpu_workers < 1:
         raise ConfigError(f"--decode {cfg.decode} needs --gpu-workers of at least 1, not {cfg.gpu_workers}")
     if not 0.0 < cfg.val_fraction < 1.0:

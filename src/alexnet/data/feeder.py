@@ -33,7 +33,8 @@ from collections import deque
 import numpy as np
 import torch
 
-from alexnet.data.gpu_decode import GPU_DECODERS
+from alexnet.data.decode import store_jpeg_decoder
+from alexnet.data.gpu_decode import GPU_DECODERS, resolve_gpu_decoder
 from alexnet.data.handoff import on_current_stream
 from alexnet.data.inprocess import InProcessLoader
 from alexnet.data.order import epoch_shards, num_batches
@@ -76,14 +77,9 @@ class Feeder:
             raise ValueError(f"decode={decode!r} needs at least one GPU worker, got {self.gpu_workers}")
         if gpu_decoder not in GPU_DECODERS:
             raise ValueError(f"unknown gpu_decoder {gpu_decoder!r}: {', '.join(GPU_DECODERS)}")
-        from alexnet.data.decode import store_jpeg_decoder
-
-        self.cpu_decoder = store_jpeg_decoder(cpu_decoder)[0]  # checks the name; "auto" resolved here
-        if gpu_decoder == "auto" and decode != "cpu":
-            from alexnet.data.gpu_decode import nvimgcodec_available
-
-            gpu_decoder = "nvimgcodec" if self.device.type == "cuda" and nvimgcodec_available() else "torchvision"
-        self.gpu_decoder = gpu_decoder
+        # "auto" resolved here, where the log and the workers read the names.
+        self.cpu_decoder = store_jpeg_decoder(cpu_decoder)[0]
+        self.gpu_decoder = resolve_gpu_decoder(gpu_decoder, self.device) if decode != "cpu" else gpu_decoder
         self.split, self.batch_size = split, int(batch_size)
         self.shuffle, self.seed, self.drop_last = bool(shuffle), int(seed), bool(drop_last)
         self.rank, self.world_size = int(rank), int(world_size)
@@ -143,7 +139,7 @@ class Feeder:
         if self._cuda and device.index is None:  # the GPU workers decode on this process's GPU
             device = torch.device("cuda", torch.cuda.current_device())
         gpu = {"device": str(device), "decoder": self.gpu_decoder}
-        self._pool = WorkerPool(self.workers, self._ring, source, self.gpu_workers, gpu)  # last: nothing after it can fail
+        self._pool = WorkerPool(self.workers, self._ring, source, self.gpu_workers, gpu)  # last: nothing can fail after
 
     # -- the public side
     def __len__(self) -> int:

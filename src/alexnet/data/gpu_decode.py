@@ -26,7 +26,7 @@ import torch
 
 from alexnet.errors import DataError
 
-__all__ = ["GPU_DECODERS", "GpuDecoding", "gpu_decoder", "nvimgcodec_available"]
+__all__ = ["GPU_DECODERS", "GpuDecoding", "gpu_decoder", "nvimgcodec_available", "resolve_gpu_decoder"]
 
 GPU_DECODERS = ("auto", "nvimgcodec", "torchvision")
 
@@ -45,6 +45,16 @@ def nvimgcodec_available() -> bool:
     return _nvimgcodec() is not None
 
 
+def resolve_gpu_decoder(name: str, device) -> str:
+    """The decoder ``name`` stands for on ``device``: "auto" is nvImageCodec on a CUDA device where it
+    is installed, else torchvision (which also stands in on a CPU device)."""
+    if name not in GPU_DECODERS:
+        raise ValueError(f"unknown GPU decoder {name!r}: {', '.join(GPU_DECODERS)}")
+    if name != "auto":
+        return name
+    return "nvimgcodec" if torch.device(device).type == "cuda" and nvimgcodec_available() else "torchvision"
+
+
 class NvImageCodec:
     """nvImageCodec's decoder for one device: the hardware JPEG engines first, its CUDA decoder for
     what they refuse. ``__call__(parts, stream)`` -> list of (S,S,3) uint8 tensors (None: undecodable)
@@ -59,8 +69,8 @@ class NvImageCodec:
         index = device.index if device.index is not None else torch.cuda.current_device()
         self._nv = nv
         # Its CPU threads (0: one per core) prepare the engines' work; the loader's workers need the cores.
-        self.decoder = nv.Decoder(device_id=index, max_num_cpu_threads=threads, backends=[nv.Backend(nv.BackendKind.HW_GPU_ONLY),
-                                                             nv.Backend(nv.BackendKind.GPU_ONLY)])
+        backends = [nv.Backend(nv.BackendKind.HW_GPU_ONLY), nv.Backend(nv.BackendKind.GPU_ONLY)]
+        self.decoder = nv.Decoder(device_id=index, max_num_cpu_threads=threads, backends=backends)
         self.params = nv.DecodeParams(apply_exif_orientation=False, color_spec=nv.ColorSpec.SRGB,
                                       allow_any_depth=False)
 
@@ -94,17 +104,14 @@ class TorchvisionNvjpeg:
 def gpu_decoder(name: str, device) -> "NvImageCodec | TorchvisionNvjpeg":
     """The decoder ``name`` (one of GPU_DECODERS) for ``device``. On a CPU device (the tests' stand-in
     for the GPU path) torchvision decodes on the CPU."""
-    if name not in GPU_DECODERS:
-        raise ValueError(f"unknown GPU decoder {name!r}: {', '.join(GPU_DECODERS)}")
     device = torch.device(device)
-    if device.type != "cuda":
+    if device.type != "cuda" or resolve_gpu_decoder(name, device) == "torchvision":
         return TorchvisionNvjpeg(device)
-    if name == "nvimgcodec" or (name == "auto" and nvimgcodec_available()):
-        try:
-            return NvImageCodec(device)
-        except Exception as e:
-            if name == "nvimgcodec":
-                raise RuntimeError(f"nvImageCodec does not start on {device}: {e}") from None
+    try:
+        return NvImageCodec(device)
+    except Exception as e:
+        if name == "nvimgcodec":
+            raise RuntimeError(f"nvImageCodec does not start on {device}: {e}") from None
     return TorchvisionNvjpeg(device)
 
 
@@ -127,9 +134,7 @@ class GpuDecoding:
     and written into the slot's images."""
 
     def __init__(self, ring, source: dict, device, decoder: str):
-        self.device = torch.device(device)
-        if self.device.type == "cuda" and self.device.index is None:
-            self.device = torch.device("cuda", 0)
+        self.device = torch.device(device)  # with its index: the Feeder names the training process's GPU
         self.path, self.size = source["path"], source["size"]
         self.cuda = self.device.type == "cuda"
         self.stream = None
@@ -153,8 +158,8 @@ class GpuDecoding:
                 raise _bad_image(parts, rows, S, self.path)
             for im, row in zip(images, rows):
                 if tuple(im.shape) != (S, S, 3):
-                    raise DataError(self.path, f"image {int(row)} is {tuple(im.shape)} (HWC), expected ({S}, {S}, 3); "
-                                               "prepare the data again")
+                    raise DataError(self.path, f"image {int(row)} is {tuple(im.shape)} (HWC), expected "
+                                               f"({S}, {S}, 3); prepare the data again")
             dst = ring.images(slot, n)  # (n,S,S,3) in the shared ring
             if self.cuda:
                 dst.copy_(torch.stack(images), non_blocking=self.registered)

@@ -28,8 +28,10 @@ def _loader_rate(split, batch: int, workers: int, decode: str, device, seconds: 
 
     t0 = time.perf_counter()
     cuda = torch.device(device).type == "cuda"
-    feeder = Feeder(split, batch, shuffle=True, seed=0, drop_last=True, device=device, workers=workers,
-                    decode=decode, gpu_workers=gpu_workers, cpu_decoder=cpu_decoder) if workers or decode != "cpu" else None
+    feeder = None
+    if workers or decode != "cpu":
+        feeder = Feeder(split, batch, shuffle=True, seed=0, drop_last=True, device=device, workers=workers,
+                        decode=decode, gpu_workers=gpu_workers, cpu_decoder=cpu_decoder)
     try:
         def epoch(e):
             if feeder is not None:
@@ -66,8 +68,9 @@ def measure(path, batch: int = 256, workers_list=(0, 2, 4, 8, 14), decode_modes=
     """Print (and return) loader-alone images/s of the store at ``path`` for each number of (CPU)
     workers and each decoding (``"cuda"`` and ``"mixed"``, with each number of GPU workers in
     ``gpu_workers_list``, only for a JPEG store on a GPU; 0 workers = in-process threads, or with
-    ``"cuda"`` GPU workers alone), with each of ``cpu_decoders`` for the CPU workers. ``step(images, labels)``, optional, runs on
-    every batch (e.g. a training step, to measure the loader beside it)."""
+    ``"cuda"`` GPU workers alone), with each of ``cpu_decoders`` for the CPU workers.
+    ``step(images, labels)``, optional, runs on every batch (e.g. a training step, to measure the
+    loader beside it)."""
     from alexnet.data.prepared import PreparedData
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
