@@ -77,8 +77,10 @@ class TrainConfig:
                                       resume="apply", group="running")
     ddp_reduce: str = option("auto", "data parallel: who all-reduces the gradients: ddp (torch's DDP, overlapped "
                                      "with the backward pass), step (the step, after the backward pass: what a "
-                                     "CUDA graph of the step needs); auto: step when the step is a CUDA graph",
-                             choices=("auto", "ddp", "step"), resume="apply", group="running")
+                                     "CUDA graph of the step needs), overlap (the step, the classifier's "
+                                     "gradients during the convolutions' backward pass; alexnet2012, else as "
+                                     "step); auto: overlap when the step is a CUDA graph",
+                             choices=("auto", "ddp", "step", "overlap"), resume="apply", group="running")
     parallel: str = option("data", "data: one device or DDP under torchrun; columns: alexnet2012's two columns "
                                    "on two devices or two torchrun processes (a run may resume in another form)",
                            choices=("data", "columns"), resume="apply", group="running")

@@ -102,8 +102,7 @@ class Run:
             f"no checkpoint was saved yet in {self.run_dir}"
 
     def evaluate(self, split, crops: int, title: str) -> dict:
-        """Top-1/top-5 error on `split`, each image counted once, the same dict on every process; its
-        loader workers start on first use and stay for the next evaluation."""
+        """Top-1/top-5 error on `split`, each image once, the same dict on every process (loader kept)."""
         if id(split) not in self.feeders:
             part = self.placement.eval_part(split)
             workers = None if self.cfg.loader_workers is None else min(self.cfg.loader_workers, 4)
@@ -114,7 +113,8 @@ class Run:
             part, self.mean, self.cfg.crop, crops, device=self.device, amp_dtype=self.amp,
             channels_last=self.channels_last, input_scales=input_scale(self.augment.pca_form),
             batch_size=self.cfg.eval_batch_size, progress=title if self.cfg.progress and self.dist.is_main else None,
-            should_stop=self.stop_requested, feeder=feeder)
+            should_stop=self.placement.eval_stop_poll(split, self.cfg.eval_batch_size, self.stop_requested),
+            feeder=feeder)
 
     def progress_bar(self, total: int, title: str, initial: int):
         if not (self.cfg.progress and self.dist.is_main):
@@ -204,7 +204,7 @@ def _setup(cfg: TrainConfig, log, stop, given, dist: DistributedContext) -> Run:
     one_column_each = cfg.parallel == "columns" and dist.enabled
     graphs = cfg.cuda_graphs if cfg.cuda_graphs is not None else (
         device.type == "cuda" and (one_column_each or cfg.parallel == "data"))
-    reduce = cfg.ddp_reduce if cfg.ddp_reduce != "auto" else ("step" if graphs else "ddp")
+    reduce = cfg.ddp_reduce if cfg.ddp_reduce != "auto" else ("overlap" if graphs else "ddp")
     placement = place(model, cfg.parallel, dist, devices, recipe, memory_format, reduce)
     amp = amp_dtype(cfg.precision, device)
     shard_rank, shards = placement.loader_shard

@@ -12,8 +12,10 @@ Three ways to run the same computation, chosen when the run starts:
   included, is captured once and replayed from then on, so a step costs the host a copy and a
   launch. The learning rate is baked into the graph, so a drop captures it again. One device, one
   column per process (the NCCL exchanges inside the graph), and data parallelism with the gradients
-  all-reduced by the step (`Placement.reduce_gradients`, the all-reduces inside the graph); not the
-  one-process columns. If capture fails the run says why and continues eagerly.
+  all-reduced by the step (`Placement.reduce_gradients`, the all-reduces inside the graph; with
+  `reduce="overlap"` the backward pass runs in two parts, the classifier's then the convolutions',
+  and the classifier's all-reduces run beside the second); not the one-process columns. If capture
+  fails the run says why and continues eagerly.
 """
 
 from __future__ import annotations
@@ -49,11 +51,22 @@ class TrainStep:
         params = sample_params(images.shape[0], size, self.augment, self.generator, images.device)
         x = self.views(images, self.mean, self.eigvals, self.eigvecs, self.augment, params)
         x = x.contiguous(memory_format=self.memory_format)
+        parts = self.placement.parts
         with torch.autocast(x.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            logits = self.placement.net(x)
+            if parts is None:
+                logits = self.placement.net(x)
+            else:                                    # two parts, so that backward can run in two
+                features = parts[0](x)
+                cut = features.detach().requires_grad_()
+                logits = parts[1](cut)
             loss = self.placement.loss(logits, labels)
         loss.backward()
-        self.placement.reduce_gradients()            # data parallel without DDP's wrapper (else nothing)
+        if parts is None:
+            self.placement.reduce_gradients()        # data parallel without DDP's wrapper (else nothing)
+        else:  # the classifier's gradients all-reduced while the convolutions' backward pass runs
+            started = self.placement.start_classifier_reduce()
+            features.backward(cut.grad)
+            self.placement.finish_reduce(started)
         self.optimizer.step()
         loss = loss.detach().float()
         self.loss_sum += loss

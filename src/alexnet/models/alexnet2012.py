@@ -160,6 +160,20 @@ class AlexNet2012(nn.Module):
     def head(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc8(self.drop7(x))                        # (N, classes)
 
+    # The two parts data parallelism may overlap: the classifier's gradients (96% of the parameters)
+    # are ready first, and their all-reduce can run while the convolutions' backward pass does.
+    def convolutions(self, x: torch.Tensor) -> torch.Tensor:
+        """conv1-conv5 and the last pooling, flattened: (N, 9216)."""
+        return self.trunk(self.stem(x))
+
+    def classifier(self, x: torch.Tensor) -> torch.Tensor:
+        """fc6-fc8 on the flattened features: the logits. forward(x) = classifier(convolutions(x))."""
+        return self.head(self.fc7_block(self.fc6_block(x)))
+
+    def classifier_parameters(self) -> list[nn.Parameter]:
+        """The parameters `classifier` uses (fc6-fc8)."""
+        return [p for m in (self.fc6, self.fc7, self.fc8) if m is not None for p in m.parameters()]
+
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
         """The last hidden layer (fc7 after ReLU, before dropout): Figure 4's 4096-d code."""
         return self.fc7_block(self.fc6_block(self.trunk(self.stem(x))))

@@ -128,6 +128,13 @@ class DistributedContext:
             td.all_reduce(tensor, op=td.ReduceOp.SUM)
         return tensor
 
+    def sum_async_(self, tensor: torch.Tensor):
+        """Start an in-place all-reduce by summation; returns the work to wait on (None on one process).
+        On NCCL, waiting makes the current stream wait for it, so a CUDA graph can hold both."""
+        if self.enabled:
+            return td.all_reduce(tensor, op=td.ReduceOp.SUM, async_op=True)
+        return None
+
     def broadcast_(self, tensors: list[torch.Tensor], src: int = 0) -> None:
         """Rank `src`'s values copied into `tensors` on every rank (nothing on one process)."""
         if self.enabled:

@@ -4,7 +4,10 @@
 * `ddp`: a replica per process (torchrun), the batch sharded, gradients all-reduced: by torch's
   DistributedDataParallel (`reduce="ddp"`: bucketed, overlapped with the backward pass by hooks on
   the host), or by the step itself after the backward pass (`reduce="step"`: one all-reduce per
-  gradient, issued from the step, so the whole step with its all-reduces can be one CUDA graph).
+  gradient, issued from the step, so the whole step with its all-reduces can be one CUDA graph), or
+  by the step with the classifier's all-reduces overlapped with the convolutions' backward pass
+  (`reduce="overlap"`, for networks with `convolutions` and `classifier` parts, the paper's net:
+  the step runs the backward pass in two parts, `TrainStep`; other networks as "step").
 * `columns`: the paper's two columns in this process (`TwoDeviceAlexNet`): two GPUs, or one GPU's
   two streams, or the CPU twice.
 * `columns-distributed`: one column per process (`DistributedColumnAlexNet`), both reading the
@@ -16,6 +19,8 @@ parameter order), so a run in any form resumes from, and `alexnet eval` reads, a
 """
 
 from __future__ import annotations
+
+import itertools
 
 import torch
 import torch.nn.functional as F
@@ -32,14 +37,16 @@ from alexnet.parallel.convert import (load_named_optimizer_state, merge_state_di
                                       split_state_dict)
 from alexnet.parallel.distributed import DistributedContext
 
-__all__ = ["Placement", "place"]
+__all__ = ["Placement", "place", "REDUCES"]
+
+REDUCES = ("ddp", "step", "overlap")
 
 
 def place(model: nn.Module, parallel: str, dist: DistributedContext, devices: list[torch.device],
           recipe: str, memory_format=torch.contiguous_format, reduce: str = "ddp") -> "Placement":
     """Put a freshly built (grouped) model where the run wants it, in `memory_format` (before DDP
     builds its gradient buckets, which must match the parameters' strides). `reduce`: how data
-    parallelism all-reduces the gradients ("ddp" or "step", see the module's text)."""
+    parallelism all-reduces the gradients ("ddp", "step" or "overlap", see the module's text)."""
     model = model.to(memory_format=memory_format)
     if parallel == "columns" and dist.enabled:
         if dist.world_size != 2:
@@ -59,23 +66,49 @@ class Placement:
     grouped checkpoint form."""
 
     def __init__(self, kind: str, model: nn.Module, dist: DistributedContext, recipe: str, reduce: str = "ddp"):
-        if reduce not in ("ddp", "step"):
-            raise ConfigError(f"reduce must be ddp or step, not {reduce!r}")
+        if reduce not in REDUCES:
+            raise ConfigError(f"reduce must be one of {', '.join(REDUCES)}, not {reduce!r}")
         self.kind, self.model, self.dist, self.recipe = kind, model, dist, recipe
         self.reduce = reduce if kind == "ddp" else None
-        if self.reduce == "step":
+        # reduce="overlap": the network's two parts, what the step calls for each (compiled apart)
+        self.parts = None
+        if self.reduce == "overlap" and callable(getattr(model, "convolutions", None)) and \
+                callable(getattr(model, "classifier", None)):
+            self.parts = [model.convolutions, model.classifier]
+            late = {id(p) for p in model.classifier_parameters()}
+            self.late_params = [p for p in model.parameters() if id(p) in late]
+            self.early_params = [p for p in model.parameters() if id(p) not in late]
+        if self.reduce in ("step", "overlap"):
             dist.broadcast_(list(model.state_dict().values()))      # rank 0's start, as DDP's wrapper does
         self.net = dist.wrap(model) if self.reduce == "ddp" else model
         self._names = None
 
     def reduce_gradients(self) -> None:
-        """reduce="step": every gradient made the mean over the processes, as DDP's reducer makes it
-        (a sum of the gradients divided by the process count). Called by the step after backward."""
-        if self.reduce != "step":
+        """reduce="step" (or "overlap" for a network without parts): every gradient made the mean over
+        the processes, as DDP's reducer makes it (a sum of the gradients divided by the process count).
+        Called by the step after backward."""
+        if self.reduce not in ("step", "overlap") or self.parts is not None:
             return
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         for g in grads:
             self.dist.sum_(g)
+        torch._foreach_div_(grads, float(self.dist.world_size))
+
+    def start_classifier_reduce(self) -> list:
+        """reduce="overlap", after the classifier's backward pass: its all-reduces started (NCCL: on
+        NCCL's stream, beside the convolutions' backward pass). Returns what `finish_reduce` waits on."""
+        return [(p.grad, self.dist.sum_async_(p.grad)) for p in self.late_params if p.grad is not None]
+
+    def finish_reduce(self, started: list) -> None:
+        """reduce="overlap", after the convolutions' backward pass: their gradients all-reduced, the
+        classifier's waited for, every gradient divided by the process count (DDP's mean)."""
+        grads = [p.grad for p in self.early_params if p.grad is not None]
+        for g in grads:
+            self.dist.sum_(g)
+        for g, work in started:
+            if work is not None:
+                work.wait()
+            grads.append(g)
         torch._foreach_div_(grads, float(self.dist.world_size))
 
     @property
@@ -116,7 +149,9 @@ class Placement:
         if self.kind == "columns-distributed":
             return f"one column per process: column {self.dist.rank} on {self.devices[0]} of 2 processes"
         if self.kind == "ddp":
-            how = "DDP" if self.reduce == "ddp" else "DDP's start, gradients all-reduced in the step"
+            how = {"ddp": "DDP", "step": "DDP's start, gradients all-reduced in the step"}.get(
+                self.reduce, "DDP's start, gradients all-reduced in the step" + (
+                    ", the classifier's during the convolutions' backward pass" if self.parts else ""))
             return f"data parallel: {self.dist.world_size} processes ({how})"
         return "one device"
 
@@ -124,6 +159,8 @@ class Placement:
         """torch.compile what the step runs: the network, or each column's stages."""
         if self.columns:
             self.model.compile_stages()
+        elif self.parts is not None:
+            self.parts = [torch.compile(f) for f in self.parts]
         else:
             self.net = torch.compile(self.net)
 
@@ -140,6 +177,23 @@ class Placement:
             return split
         lo, hi = shard_bounds(len(split), self.dist.rank, self.dist.world_size)
         return split.subset(torch.arange(lo, hi))
+
+    def common_eval_batches(self, split, batch_size: int) -> int | None:
+        """DDP: how many evaluation batches of `split` every process has (the shares may differ by an
+        image, and so by a batch); None where every process runs the same batches."""
+        if self.kind != "ddp":
+            return None
+        ws = self.dist.world_size
+        return min(-(-(hi - lo) // batch_size) for lo, hi in (shard_bounds(len(split), r, ws) for r in range(ws)))
+
+    def eval_stop_poll(self, split, batch_size: int, poll):
+        """`poll` (a collective) for evaluating `split`, polled only during the batches every process
+        has: a process polling once more than another would mismatch the collectives."""
+        limit = self.common_eval_batches(split, batch_size)
+        if limit is None:
+            return poll
+        calls = itertools.count(1)
+        return lambda: next(calls) <= limit and poll()
 
     def evaluate(self, part, mean: torch.Tensor, crop: int, crops: int, **options) -> dict:
         """Top-1/top-5 error of `eval_part(split)`, each image counted once, the same dict on every
