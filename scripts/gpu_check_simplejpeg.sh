@@ -40,15 +40,4 @@ while IFS='|' read -r name gpus args; do
 done <<< "$RUNS"
 grep -E "^loader" "$LOG" | sort | uniq -c
 cat "$OUT/loader_alone.txt"
-python - "$RUNS" <<'PY'
-import json, pathlib, sys
-print(f"{'run':<10}{'GPUs':>5}{'img/s':>10}{'epoch s':>9}{'warm-up s':>10}  options")
-for line in sys.argv[1].splitlines():
-    name, gpus, args = line.split("|")
-    m = pathlib.Path("/tmp/runs") / name / "metrics.jsonl"
-    if not m.exists():
-        print(f"{name:<10}{gpus:>5}  no metrics  {args}"); continue
-    r = json.loads(m.read_text().splitlines()[-1])
-    print(f"{name:<10}{gpus:>5}{r['images_per_second']:>10,.0f}{r['seconds']:>9.1f}"
-          f"{r['warmup_seconds']:>10.1f}  {args}")
-PY
+python scripts/runs_table.py "$RUNS"

@@ -24,10 +24,7 @@ fi
 stamp "replica store: $(du -sh /tmp/rep | cut -f1) $(tail -1 "$LOG")"
 
 if [ ! -f /tmp/D/meta.json ]; then
-  rm -rf /tmp/photos && mkdir -p /tmp/photos/train
-  for f in .carry/imagenet-sample/*.JPEG; do
-    b=$(basename "$f"); w=${b%%_*}; mkdir -p "/tmp/photos/train/$w"; ln -s "$PWD/$f" "/tmp/photos/train/$w/$b"
-  done
+  photo_tree /tmp/photos
   timeout 120 python -m alexnet prepare /tmp/photos /tmp/D0 --encoding raw >> "$LOG" 2>&1
   timeout 120 python -c "
 from alexnet.tools.bench_data import replicate_prepared

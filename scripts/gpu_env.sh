@@ -2,7 +2,8 @@
 # multicast off, as the device machines require; one inductor cache for all the runs of a call),
 # `stamp`, which prefixes a line with the seconds since the script started, and `train NAME LIMIT CMD...`,
 # which runs an `alexnet train` command (ONE: one process, TWO: torchrun on two GPUs) into
-# /tmp/runs/NAME under a time limit, its output appended to $LOG.
+# /tmp/runs/NAME under a time limit, its output appended to $LOG; `photo_tree DEST`, the sample photos as
+# an image-folder tree.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -18,3 +19,9 @@ train() {  # name, timeout, then the command's arguments
 }
 ONE=(python -m alexnet train)
 TWO=(torchrun --standalone --nproc-per-node 2 -m alexnet train)
+photo_tree() {  # DEST: the sample photos (.carry/imagenet-sample) as an image-folder tree DEST/train/<wnid>/
+  rm -rf "$1" && mkdir -p "$1/train"
+  for f in .carry/imagenet-sample/*.JPEG; do
+    b=$(basename "$f"); w=${b%%_*}; mkdir -p "$1/train/$w"; ln -s "$PWD/$f" "$1/train/$w/$b"
+  done
+}

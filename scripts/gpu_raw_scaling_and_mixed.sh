@@ -12,10 +12,7 @@ COUNT_RAW=${COUNT_RAW:-200000} COUNT=${COUNT:-256000}
 LOG=$OUT/e2e.log; : > "$LOG"
 python -m pip install -q --no-deps --no-index --target /tmp/nvpkgs .whl/*.whl > /dev/null 2>&1
 export PYTHONPATH=/tmp/nvpkgs:$PYTHONPATH
-rm -rf /tmp/photos && mkdir -p /tmp/photos/train
-for f in .carry/imagenet-sample/*.JPEG; do
-  b=$(basename "$f"); w=${b%%_*}; mkdir -p "/tmp/photos/train/$w"; ln -s "$PWD/$f" "/tmp/photos/train/$w/$b"
-done
+photo_tree /tmp/photos
 timeout 60 python -m alexnet prepare /tmp/photos /tmp/D0 --encoding raw >> "$LOG" 2>&1
 timeout 120 python -c "
 from alexnet.tools.bench_data import replicate_prepared
@@ -46,17 +43,4 @@ while IFS='|' read -r name gpus data args; do
   else train "$name" $lim "${TWO[@]}" "${D[@]}" $args; fi
 done <<< "$RUNS"
 grep -E "^loader|^data:|^parallel|rror|capture" "$LOG" | sort | uniq -c
-python - "$RUNS" <<'PY'
-import json, pathlib, sys
-print(f"{'run':<11}{'GPUs':>5}{'epoch':>6}{'img/s':>10}{'epoch s':>9}{'warm-up s':>10}  options")
-for line in sys.argv[1].splitlines():
-    name, gpus, data, args = line.split("|")
-    if name == "store":
-        continue
-    m = pathlib.Path("/tmp/runs") / name / "metrics.jsonl"
-    if not m.exists():
-        print(f"{name:<11}{gpus:>5}  no metrics  {args}"); continue
-    for r in map(json.loads, m.read_text().splitlines()):
-        print(f"{name:<11}{gpus:>5}{r.get('epoch', 0):>6}{r['images_per_second']:>10,.0f}{r['seconds']:>9.2f}"
-              f"{r.get('warmup_seconds') or 0:>10.1f}  {args}")
-PY
+python scripts/runs_table.py "$RUNS"

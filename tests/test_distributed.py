@@ -339,14 +339,21 @@ def test_ddp_with_the_all_reduce_in_the_step_equals_ddp(shapes, tmp_path):
     and augmentation on (each rank its own draws, the same in both runs)."""
     args = ["--data", str(shapes), "--arch", "cifar-alexnet", "--batch-size", "16", "--epochs", "1", "--max-steps",
             "3", "--deterministic", "--no-progress", "--device", "cpu", "--eval-batch-size", "7"]
-    out = _torchrun(2, [*args, "--ddp-reduce", "step", "--out", str(tmp_path / "step")])
+    out = _same_runs(args, "step", "ddp", tmp_path)
     assert "gradients all-reduced in the step" in out
-    _torchrun(2, [*args, "--ddp-reduce", "ddp", "--out", str(tmp_path / "ddp")])
-    a, b = load_checkpoint(tmp_path / "step" / "last.pt"), load_checkpoint(tmp_path / "ddp" / "last.pt")
+
+
+def _same_runs(args: list[str], reduce: str, other: str, tmp_path: Path) -> str:
+    """Two 2-process runs of `args`, `--ddp-reduce reduce` and `other`: the same weights and
+    velocities at the end (every velocity moved). Returns the first run's output."""
+    out = _torchrun(2, [*args, "--ddp-reduce", reduce, "--out", str(tmp_path / reduce)])
+    _torchrun(2, [*args, "--ddp-reduce", other, "--out", str(tmp_path / other)])
+    a, b = load_checkpoint(tmp_path / reduce / "last.pt"), load_checkpoint(tmp_path / other / "last.pt")
     _assert_weights_close(a["model"], b["model"], atol=1e-6)
     _assert_weights_close({i: s["velocity"] for i, s in a["optimizer"]["state"].items()},
                           {i: s["velocity"] for i, s in b["optimizer"]["state"].items()}, atol=1e-7)
-    assert any(s["velocity"].abs().max() > 0 for s in a["optimizer"]["state"].values())
+    assert all(s["velocity"].abs().max() > 0 for s in a["optimizer"]["state"].values())
+    return out
 
 
 @pytest.mark.distributed
@@ -357,14 +364,8 @@ def test_overlapped_all_reduce_equals_the_all_reduce_after_backward(shapes224, t
     args = ["--data", str(shapes224), "--arch", "alexnet2012", "--batch-per-process", "2", "--epochs", "1",
             "--max-steps", "2", "--deterministic", "--no-progress", "--device", "cpu", "--eval-batch-size", "4",
             "--test-crops", "1"]
-    out = _torchrun(2, [*args, "--ddp-reduce", "overlap", "--out", str(tmp_path / "overlap")])
+    out = _same_runs(args, "overlap", "step", tmp_path)
     assert "the classifier's during the convolutions' backward pass" in out
-    _torchrun(2, [*args, "--ddp-reduce", "step", "--out", str(tmp_path / "step")])
-    a, b = load_checkpoint(tmp_path / "overlap" / "last.pt"), load_checkpoint(tmp_path / "step" / "last.pt")
-    _assert_weights_close(a["model"], b["model"], atol=1e-6)
-    _assert_weights_close({i: s["velocity"] for i, s in a["optimizer"]["state"].items()},
-                          {i: s["velocity"] for i, s in b["optimizer"]["state"].items()}, atol=1e-7)
-    assert all(s["velocity"].abs().max() > 0 for s in a["optimizer"]["state"].values())
 
 
 def test_the_collective_stop_poll_runs_only_on_the_batches_every_process_has():

@@ -1,0 +1,33 @@
+"""The table the device scripts print last: every epoch of each run named in RUNS.
+
+    python scripts/runs_table.py "$RUNS"
+
+RUNS: lines "name|gpus|...|options" (the middle fields, if any, are ignored; a line named "store" is
+not a run); each run's metrics are read from /tmp/runs/NAME/metrics.jsonl (gpu_env.sh's `train`).
+"""
+
+import json
+import pathlib
+import sys
+
+
+def main(runs: str) -> None:
+    print(f"{'run':<13}{'GPUs':>5}{'epoch':>6}{'img/s':>10}{'epoch s':>9}{'warm-up s':>10}  options")
+    for line in runs.splitlines():
+        if not line.strip():
+            continue
+        fields = line.split("|")
+        name, gpus, options = fields[0], fields[1], fields[-1]
+        if name == "store":
+            continue
+        metrics = pathlib.Path("/tmp/runs") / name / "metrics.jsonl"
+        if not metrics.exists():
+            print(f"{name:<13}{gpus:>5}  no metrics  {options}")
+            continue
+        for r in map(json.loads, metrics.read_text().splitlines()):
+            print(f"{name:<13}{gpus:>5}{r.get('epoch', 0):>6}{r['images_per_second']:>10,.0f}{r['seconds']:>9.2f}"
+                  f"{r.get('warmup_seconds') or 0:>10.1f}  {options}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
