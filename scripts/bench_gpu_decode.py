@@ -8,7 +8,9 @@ on every GPU at once (one process each), and how far their pixels are from the C
 The JPEG bytes are read into memory first (page cache), so this measures decoding only: bytes in
 host memory to (B,S,S,3) uint8 on the GPU, one list per batch, synchronised at the end; and how
 much of the interpreter a busy Python thread keeps while another thread decodes (the training loop
-is such a thread). Prints a table last.
+is such a thread), and how many CPU cores the decoding keeps busy meanwhile (this process's CPU time
+over the wall time: the loader's CPU workers need those cores). nvImageCodec is measured with each
+of `--nvimgcodec-threads` CPU threads. Prints a table last.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 import torch.multiprocessing as mp
 
 from alexnet.data import format as F
-from alexnet.data.gpu_decode import gpu_decoder, nvimgcodec_available
+from alexnet.data.gpu_decode import NvImageCodec, gpu_decoder, nvimgcodec_available
 from alexnet.data.prepared import PreparedData
 
 
@@ -37,20 +39,28 @@ def jpeg_parts(store: str, split: str, count: int) -> tuple[list[torch.Tensor], 
     return [t[int(off[i]) : int(off[i + 1])] for i in range(n)], sp.size
 
 
-def rate(name: str, parts, batch: int, device: str, reps: int = 2) -> float:
+def decoder(name: str, dev: torch.device):
+    """"torchvision", "nvimgcodec" (its default threads) or "nvimgcodec:N" (N CPU threads)."""
+    if ":" in name:
+        return NvImageCodec(dev, threads=int(name.split(":")[1]))
+    return gpu_decoder(name, dev)
+
+
+def rate(name: str, parts, batch: int, device: str, reps: int = 2, cores: list | None = None) -> float:
+    """Best images/s of `reps` passes; appends to `cores` the CPU cores the best pass kept busy."""
     dev = torch.device(device)
     torch.cuda.set_device(dev)
-    dec = gpu_decoder(name, dev)
+    dec = decoder(name, dev)
     stream = torch.cuda.Stream(dev)
     keep = []
     with torch.cuda.stream(stream):
         for i in range(0, 3 * batch, batch):  # warm-up: the decoder's buffers
             keep.append(torch.stack(dec(parts[i : i + batch], stream)[0]))
     stream.synchronize()
-    best = 0.0
+    best, busy = 0.0, 0.0
     for _ in range(reps):
         keep.clear()
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         with torch.cuda.stream(stream):
             for i in range(0, len(parts) - batch + 1, batch):
                 images, owners = dec(parts[i : i + batch], stream)
@@ -58,7 +68,11 @@ def rate(name: str, parts, batch: int, device: str, reps: int = 2) -> float:
                 if len(keep) > 4:
                     keep.pop(0)
         stream.synchronize()
-        best = max(best, (len(parts) // batch) * batch / (time.perf_counter() - t))
+        wall = time.perf_counter() - t
+        if (len(parts) // batch) * batch / wall > best:
+            best, busy = (len(parts) // batch) * batch / wall, (time.process_time() - cpu) / wall
+    if cores is not None:
+        cores.append(busy)
     return best
 
 
@@ -68,7 +82,7 @@ def interpreter_left(name: str, parts, batch: int, device: str, seconds: float =
     import threading
 
     dev = torch.device(device)
-    dec = gpu_decoder(name, dev)
+    dec = decoder(name, dev)
     stream = torch.cuda.Stream(dev)
 
     def spin(flag, out):
@@ -104,7 +118,7 @@ def pixel_diff(name: str, parts, device: str, n: int = 512) -> tuple[float, int]
     from alexnet.data.decode import decode_store_jpeg
 
     dev = torch.device(device)
-    dec = gpu_decoder(name, dev)
+    dec = decoder(name, dev)
     stream = torch.cuda.Stream(dev)
     with torch.cuda.stream(stream):
         got = torch.stack(dec(parts[:n], stream)[0])
@@ -133,24 +147,29 @@ def main() -> None:
     ap.add_argument("--split", default="train")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--images", type=int, default=25_600)
+    ap.add_argument("--nvimgcodec-threads", type=int, nargs="+", default=[4],
+                    help="nvImageCodec's CPU threads to try (the GPU worker uses 4)")
+    ap.add_argument("--no-all-gpus", action="store_true", help="skip the every-GPU-at-once column")
     a = ap.parse_args()
     parts, size = jpeg_parts(a.store, a.split, a.images)
-    names = (["nvimgcodec"] if nvimgcodec_available() else []) + ["torchvision"]
+    names = ([f"nvimgcodec:{t}" for t in a.nvimgcodec_threads] if nvimgcodec_available() else []) + ["torchvision"]
     rows = []
     for name in names:
-        one = rate(name, parts, a.batch, "cuda:0")
+        cores: list = []
+        one = rate(name, parts, a.batch, "cuda:0", cores=cores)
         mean_abs, worst = pixel_diff(name, parts, "cuda:0")
         left = interpreter_left(name, parts, a.batch, "cuda:0")
-        each = all_gpus(name, a.store, a.split, a.images, a.batch) if torch.cuda.device_count() > 1 else [one]
-        rows.append((name, one, each, mean_abs, worst, left))
-        print(name, one, each, mean_abs, worst, left, flush=True)
+        many = torch.cuda.device_count() > 1 and not a.no_all_gpus
+        each = all_gpus(name, a.store, a.split, a.images, a.batch) if many else [one]
+        rows.append((name, one, cores[0], each, mean_abs, worst, left))
+        print(name, one, cores[0], each, mean_abs, worst, left, flush=True)
     print(f"\n{torch.cuda.get_device_name(0)} x {torch.cuda.device_count()}, {len(parts):,} JPEGs of {size}x{size} "
           f"from {a.store} ({sum(map(len, parts)) / len(parts):,.0f} B each), lists of {a.batch}")
-    print(f"{'decoder':<12}{'1 GPU img/s':>12}{'all GPUs at once (each)':>34}{'vs CPU: mean |d|':>18}{'max':>5}"
-          f"{'interpreter left':>18}")
-    for name, one, each, mean_abs, worst, left in rows:
+    print(f"{'decoder':<15}{'1 GPU img/s':>12}{'CPU cores busy':>15}{'all GPUs at once (each)':>34}"
+          f"{'vs CPU: mean |d|':>18}{'max':>5}{'interpreter left':>18}")
+    for name, one, busy, each, mean_abs, worst, left in rows:
         at_once = f"{sum(each):,.0f} ({', '.join(f'{e:,.0f}' for e in each)})"
-        print(f"{name:<12}{one:>12,.0f}{at_once:>34}{mean_abs:>18.3f}{worst:>5}{left:>18.2f}")
+        print(f"{name:<15}{one:>12,.0f}{busy:>15.2f}{at_once:>34}{mean_abs:>18.3f}{worst:>5}{left:>18.2f}")
 
 
 if __name__ == "__main__":
