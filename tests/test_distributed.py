@@ -368,6 +368,46 @@ def test_overlapped_all_reduce_equals_the_all_reduce_after_backward(shapes224, t
     assert "the classifier's during the convolutions' backward pass" in out
 
 
+def test_the_bf16_all_reduce_rounds_each_gradient_to_bf16_and_keeps_the_overlap_order():
+    """`--ddp-reduce-dtype bf16`, one process (no collectives, the sum is the gradient): the step's
+    and the overlapped reduce leave each gradient rounded to bf16, in its own dtype; fp32 leaves it."""
+    from alexnet.models import build_model
+    from alexnet.parallel.distributed import DistributedContext
+    from alexnet.parallel.placement import Placement
+
+    torch.manual_seed(0)
+    model = build_model("alexnet2012", num_classes=10)
+    for reduce, dtype in [("overlap", "bf16"), ("step", "bf16"), ("overlap", "fp32")]:
+        p = Placement("ddp", model, DistributedContext(world_size=1), "paper", reduce, dtype)
+        for q in model.parameters():
+            q.grad = torch.randn_like(q) / 3
+        want = [q.grad.to(torch.bfloat16).float() if dtype == "bf16" else q.grad.clone() for q in model.parameters()]
+        if reduce == "overlap":
+            p.finish_reduce(p.start_classifier_reduce())
+        else:
+            p.reduce_gradients()
+        assert all(q.grad.dtype == torch.float32 and torch.equal(q.grad, w) for q, w in zip(model.parameters(), want))
+        assert ("in bf16" in p.describe()) == (dtype == "bf16")
+
+
+@pytest.mark.distributed
+def test_bf16_all_reduce_trains_close_to_fp32_in_both_reducers(shapes, tmp_path):
+    """`--ddp-reduce-dtype bf16` under the step's all-reduce and under torch's DDP (its
+    bf16_compress_hook): 3 steps end close to the fp32 run's weights, but not equal to them."""
+    args = ["--data", str(shapes), "--arch", "cifar-alexnet", "--batch-size", "16", "--epochs", "1", "--max-steps",
+            "3", "--deterministic", "--no-progress", "--device", "cpu", "--eval-batch-size", "8"]
+    models = {}
+    for name, extra in [("fp32", ["--ddp-reduce", "step"]),
+                        ("bf16-step", ["--ddp-reduce", "step", "--ddp-reduce-dtype", "bf16"]),
+                        ("bf16-ddp", ["--ddp-reduce", "ddp", "--ddp-reduce-dtype", "bf16"])]:
+        out = _torchrun(2, [*args, *extra, "--out", str(tmp_path / name)])
+        assert ("in bf16" in out) == name.startswith("bf16")
+        models[name] = load_checkpoint(tmp_path / name / "last.pt")["model"]
+    for name in ("bf16-step", "bf16-ddp"):
+        _assert_weights_close(models[name], models["fp32"], atol=2e-4, rtol=1e-2)
+        assert any(not torch.equal(models[name][k], models["fp32"][k]) for k in models["fp32"])
+
+
 def test_the_collective_stop_poll_runs_only_on_the_batches_every_process_has():
     """DDP's evaluation shares differ by an image, and can differ by a batch: the stop poll (a
     collective) must run the same number of times on every process (a 2-process run with 1 val image

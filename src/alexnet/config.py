@@ -81,6 +81,9 @@ class TrainConfig:
                                      "gradients during the convolutions' backward pass; alexnet2012, else as "
                                      "step); auto: overlap when the step is a CUDA graph",
                              choices=("auto", "ddp", "step", "overlap"), resume="apply", group="running")
+    ddp_reduce_dtype: str = option("fp32", "data parallel: the gradients' all-reduce in fp32 (the exact mean) or "
+                                           "bf16 (half the bytes; each gradient rounded to bf16 on the way: a "
+                                           "deviation)", choices=("fp32", "bf16"), resume="apply", group="running")
     parallel: str = option("data", "data: one device or DDP under torchrun; columns: alexnet2012's two columns "
                                    "on two devices or two torchrun processes (a run may resume in another form)",
                            choices=("data", "columns"), resume="apply", group="running")

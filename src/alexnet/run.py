@@ -205,7 +205,7 @@ def _setup(cfg: TrainConfig, log, stop, given, dist: DistributedContext) -> Run:
     graphs = cfg.cuda_graphs if cfg.cuda_graphs is not None else (
         device.type == "cuda" and (one_column_each or cfg.parallel == "data"))
     reduce = cfg.ddp_reduce if cfg.ddp_reduce != "auto" else ("overlap" if graphs else "ddp")
-    placement = place(model, cfg.parallel, dist, devices, recipe, memory_format, reduce)
+    placement = place(model, cfg.parallel, dist, devices, recipe, memory_format, reduce, cfg.ddp_reduce_dtype)
     amp = amp_dtype(cfg.precision, device)
     shard_rank, shards = placement.loader_shard
     global_batch, local_batch, lr = _batches(cfg, shards)

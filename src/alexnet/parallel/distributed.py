@@ -111,12 +111,18 @@ class DistributedContext:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def wrap(self, model: nn.Module) -> nn.Module:
-        """DistributedDataParallel around `model` (already on this process's device)."""
+    def wrap(self, model: nn.Module, bf16_gradients: bool = False) -> nn.Module:
+        """DistributedDataParallel around `model` (already on this process's device); with
+        `bf16_gradients`, its gradients all-reduced in bf16 (torch's bf16_compress_hook)."""
         if not self.enabled:
             return model
         ids = [self.local_rank] if self.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        ddp = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        if bf16_gradients:
+            from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import bf16_compress_hook
+
+            ddp.register_comm_hook(None, bf16_compress_hook)
+        return ddp
 
     def barrier(self) -> None:
         if self.enabled:

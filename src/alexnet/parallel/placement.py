@@ -8,6 +8,8 @@
   by the step with the classifier's all-reduces overlapped with the convolutions' backward pass
   (`reduce="overlap"`, for networks with `convolutions` and `classifier` parts, the paper's net:
   the step runs the backward pass in two parts, `TrainStep`; other networks as "step").
+  `reduce_dtype="bf16"` all-reduces the gradients in bf16 (half the bytes; each gradient rounded to
+  bf16 on the way: a deviation from the exact mean, `--ddp-reduce-dtype`).
 * `columns`: the paper's two columns in this process (`TwoDeviceAlexNet`): two GPUs, or one GPU's
   two streams, or the CPU twice.
 * `columns-distributed`: one column per process (`DistributedColumnAlexNet`), both reading the
@@ -40,10 +42,12 @@ from alexnet.parallel.distributed import DistributedContext
 __all__ = ["Placement", "place", "REDUCES"]
 
 REDUCES = ("ddp", "step", "overlap")
+REDUCE_DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 
 
 def place(model: nn.Module, parallel: str, dist: DistributedContext, devices: list[torch.device],
-          recipe: str, memory_format=torch.contiguous_format, reduce: str = "ddp") -> "Placement":
+          recipe: str, memory_format=torch.contiguous_format, reduce: str = "ddp",
+          reduce_dtype: str = "fp32") -> "Placement":
     """Put a freshly built (grouped) model where the run wants it, in `memory_format` (before DDP
     builds its gradient buckets, which must match the parameters' strides). `reduce`: how data
     parallelism all-reduces the gradients ("ddp", "step" or "overlap", see the module's text)."""
@@ -58,16 +62,20 @@ def place(model: nn.Module, parallel: str, dist: DistributedContext, devices: li
     if parallel == "columns":
         two = TwoDeviceAlexNet.from_grouped(model, devices).to(memory_format=memory_format)
         return Placement("columns", two.train(), dist, recipe)
-    return Placement("ddp" if dist.enabled else "single", model.to(devices[0]), dist, recipe, reduce)
+    return Placement("ddp" if dist.enabled else "single", model.to(devices[0]), dist, recipe, reduce, reduce_dtype)
 
 
 class Placement:
     """The network of a run (`model`), what the training step calls (`net`), and its state in the
     grouped checkpoint form."""
 
-    def __init__(self, kind: str, model: nn.Module, dist: DistributedContext, recipe: str, reduce: str = "ddp"):
+    def __init__(self, kind: str, model: nn.Module, dist: DistributedContext, recipe: str, reduce: str = "ddp",
+                 reduce_dtype: str = "fp32"):
         if reduce not in REDUCES:
             raise ConfigError(f"reduce must be one of {', '.join(REDUCES)}, not {reduce!r}")
+        if reduce_dtype not in REDUCE_DTYPES:
+            raise ConfigError(f"reduce_dtype must be one of {', '.join(REDUCE_DTYPES)}, not {reduce_dtype!r}")
+        self.low = REDUCE_DTYPES[reduce_dtype] if kind == "ddp" else None  # None: fp32, exact
         self.kind, self.model, self.dist, self.recipe = kind, model, dist, recipe
         self.reduce = reduce if kind == "ddp" else None
         # reduce="overlap": the network's two parts, what the step calls for each (compiled apart)
@@ -80,7 +88,7 @@ class Placement:
             self.early_params = [p for p in model.parameters() if id(p) not in late]
         if self.reduce in ("step", "overlap"):
             dist.broadcast_(list(model.state_dict().values()))      # rank 0's start, as DDP's wrapper does
-        self.net = dist.wrap(model) if self.reduce == "ddp" else model
+        self.net = dist.wrap(model, self.low is not None) if self.reduce == "ddp" else model
         self._names = None
 
     def reduce_gradients(self) -> None:
@@ -90,26 +98,36 @@ class Placement:
         if self.reduce not in ("step", "overlap") or self.parts is not None:
             return
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        for g in grads:
-            self.dist.sum_(g)
-        torch._foreach_div_(grads, float(self.dist.world_size))
+        self._finish([self._sum(g) for g in grads])
+
+    def _sum(self, g: torch.Tensor, wait: bool = True) -> tuple:
+        """Start (or, with `wait`, do) the all-reduce of gradient `g` by summation, in bf16 when asked:
+        (g, its bf16 copy or None, the work or None)."""
+        low = g.to(self.low) if self.low is not None else None
+        t = g if low is None else low
+        if wait:
+            self.dist.sum_(t)
+            return g, low, None
+        return g, low, self.dist.sum_async_(t)
+
+    def _finish(self, started: list) -> None:
+        """Wait for the all-reduces `_sum` started, copy bf16 sums back, divide by the process count."""
+        for g, low, work in started:
+            if work is not None:
+                work.wait()
+            if low is not None:
+                g.copy_(low)
+        torch._foreach_div_([g for g, _, _ in started], float(self.dist.world_size))
 
     def start_classifier_reduce(self) -> list:
         """reduce="overlap", after the classifier's backward pass: its all-reduces started (NCCL: on
         NCCL's stream, beside the convolutions' backward pass). Returns what `finish_reduce` waits on."""
-        return [(p.grad, self.dist.sum_async_(p.grad)) for p in self.late_params if p.grad is not None]
+        return [self._sum(p.grad, wait=False) for p in self.late_params if p.grad is not None]
 
     def finish_reduce(self, started: list) -> None:
         """reduce="overlap", after the convolutions' backward pass: their gradients all-reduced, the
         classifier's waited for, every gradient divided by the process count (DDP's mean)."""
-        grads = [p.grad for p in self.early_params if p.grad is not None]
-        for g in grads:
-            self.dist.sum_(g)
-        for g, work in started:
-            if work is not None:
-                work.wait()
-            grads.append(g)
-        torch._foreach_div_(grads, float(self.dist.world_size))
+        self._finish([self._sum(p.grad) for p in self.early_params if p.grad is not None] + started)
 
     @property
     def columns(self) -> bool:
@@ -152,7 +170,8 @@ class Placement:
             how = {"ddp": "DDP", "step": "DDP's start, gradients all-reduced in the step"}.get(
                 self.reduce, "DDP's start, gradients all-reduced in the step" + (
                     ", the classifier's during the convolutions' backward pass" if self.parts else ""))
-            return f"data parallel: {self.dist.world_size} processes ({how})"
+            low = ", in bf16" if self.low is not None else ""
+            return f"data parallel: {self.dist.world_size} processes ({how}{low})"
         return "one device"
 
     def compile(self) -> None:
