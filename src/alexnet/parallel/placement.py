@@ -167,11 +167,12 @@ class Placement:
         if self.kind == "columns-distributed":
             return f"one column per process: column {self.dist.rank} on {self.devices[0]} of 2 processes"
         if self.kind == "ddp":
-            how = {"ddp": "DDP", "step": "DDP's start, gradients all-reduced in the step"}.get(
-                self.reduce, "DDP's start, gradients all-reduced in the step" + (
-                    ", the classifier's during the convolutions' backward pass" if self.parts else ""))
-            low = ", in bf16" if self.low is not None else ""
-            return f"data parallel: {self.dist.world_size} processes ({how}{low})"
+            how = "DDP" if self.reduce == "ddp" else "DDP's start, gradients all-reduced in the step"
+            if self.parts is not None:
+                how += ", the classifier's during the convolutions' backward pass"
+            if self.low is not None:
+                how += ", in bf16"
+            return f"data parallel: {self.dist.world_size} processes ({how})"
         return "one device"
 
     def compile(self) -> None:
