@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Written 2026-11-30 for the next device call (not run yet), on the two-GPU machine with
+# Written 2026-11-30 (run in the fourth session: RESULTS.md), on the two-GPU machine with
 # .carry/imagenet-sample carried: DDP weak scaling from a raw store (the third session's 0.90 at 256
 # and 0.86 at 128 per GPU, target 0.95) with the gradients all-reduced in bf16 (--ddp-reduce-dtype
 # bf16, half the bytes) against fp32, both overlapped with the convolutions' backward pass (the default).

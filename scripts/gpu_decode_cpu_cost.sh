@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Written 2026-11-30 for the next device call (not run yet), on the one-GPU machine (`nvidia-h200`,
+# Written 2026-11-30 for a device call, on the one-GPU machine (`nvidia-h200`,
 # 16 cores) with .whl/ and .carry/imagenet-sample carried: what GPU decoding costs the CPU.
 #   1. the decoders alone (scripts/bench_gpu_decode.py): images/s and the CPU cores each keeps busy,
 #      nvImageCodec with 1, 2, 4 and 8 CPU threads, torchvision's nvJPEG;
 #   2. the loader alone (batch 256): GPU workers only (1, 2) and CPU workers beside one GPU worker
 #      (8, 11, 13 of them), against CPU workers alone (14).
-# If nvJPEG keeps about a core per 1,800 images/s busy, its Huffman decoding runs on the host (as
-# DALI's hybrid_huffman_threshold says for images under 1 MP), and only the hardware engines can add.
+# The question: if nvJPEG kept about a core per 1,800 images/s busy, its Huffman decoding would run on
+# the host (as DALI's hybrid_huffman_threshold says for images under 1 MP). Run in the fourth session
+# (RESULTS.md): each GPU decoder keeps one core busy, at 9,000-18,000 images/s.
 source scripts/gpu_env.sh
 python -m pip install -q --no-deps --no-index --target /tmp/nvpkgs .whl/*.whl > /dev/null 2>&1
 export PYTHONPATH=/tmp/nvpkgs:$PYTHONPATH

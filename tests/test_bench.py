@@ -123,3 +123,19 @@ def test_unknown_rows_and_forms_are_refused():
         bench.BenchConfig(device="cpu", rows=("step", "bogus")).resolved()
     with pytest.raises(ValueError, match="unknown forms"):
         bench.BenchConfig(device="cpu", forms=("alexnet2013",)).resolved()
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("form", ["ddp", "columns-2proc"])
+def test_the_torchrun_forms_run_on_two_cpu_processes(form, tmp_path):
+    """`bench_parallel` (what `alexnet bench` launches with two GPUs for its torchrun rows) on two gloo
+    CPU processes: both forms time a step and rank 0 writes a positive rate (DDP: of both processes'
+    images)."""
+    from alexnet.tools.bench_parallel import run_under_torchrun
+
+    r = run_under_torchrun(form, [2], ["eager"], steps=1, warmup=1, repeats=1, device="cpu",
+                           out=tmp_path / "out.json", timeout_s=240)
+    assert "error" not in r, r
+    row = r["rows"]["2/eager"]
+    assert r["world_size"] == 2 and row["ms"] > 0
+    assert row["images_per_s"] == pytest.approx((4 if form == "ddp" else 2) / row["ms"] * 1e3, rel=1e-6)

@@ -23,6 +23,7 @@ from alexnet.checkpoint import load_checkpoint
 from alexnet.train import TrainConfig, train
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+TWO_GPUS = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs two GPUs")
 
 
 @pytest.fixture(scope="module")
@@ -408,6 +409,57 @@ def test_bf16_all_reduce_trains_close_to_fp32_in_both_reducers(shapes, tmp_path)
         assert any(not torch.equal(models[name][k], models["fp32"][k]) for k in models["fp32"])
 
 
+def _reducer_worker(rank: int, store: str, backend: str) -> None:
+    """Each rank's gradients drawn from its own seed; after each reducer every gradient must be the
+    exact mean of both ranks' (exact for two processes: one addition, one halving)."""
+    import torch.distributed as td
+
+    from alexnet.models import build_model
+    from alexnet.parallel.distributed import DistributedContext
+    from alexnet.parallel.placement import Placement
+
+    device = torch.device(f"cuda:{rank}" if backend == "nccl" else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    td.init_process_group(backend, init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        dist = DistributedContext(rank=rank, world_size=2, local_rank=rank, device=device, enabled=True)
+        torch.manual_seed(0)
+        model = build_model("alexnet2012", num_classes=10).to(device)
+        draws = lambda r: [torch.randn(q.shape, generator=torch.Generator().manual_seed(100 * r + i)) / 3  # noqa: E731
+                           for i, q in enumerate(model.parameters())]
+        mine, theirs = draws(rank), draws(1 - rank)
+        for reduce, dtype in [("overlap", "fp32"), ("step", "fp32"), ("overlap", "bf16"), ("step", "bf16")]:
+            p = Placement("ddp", model, dist, "paper", reduce, dtype)
+            for q, g in zip(model.parameters(), mine):
+                q.grad = g.to(device, copy=True)
+            if reduce == "overlap":
+                assert p.parts is not None
+                p.finish_reduce(p.start_classifier_reduce())
+            else:
+                p.reduce_gradients()
+            for (name, q), a, b in zip(model.named_parameters(), mine, theirs):
+                if dtype == "bf16":
+                    want = (a.bfloat16() + b.bfloat16()).float() / 2
+                else:
+                    want = (a + b) / 2
+                got = q.grad.cpu()
+                assert got.dtype == torch.float32 and torch.equal(got, want), \
+                    f"{backend} {reduce} {dtype} {name}: max error {(got - want).abs().max():.3g}"
+    finally:
+        td.destroy_process_group()
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("backend", ["gloo", pytest.param("nccl", marks=[pytest.mark.gpu, TWO_GPUS])])
+def test_the_step_reducers_make_every_gradient_the_exact_mean(backend, tmp_path):
+    """The step's reducers (`--ddp-reduce overlap`: the classifier's tensors one by one and
+    asynchronously, the convolutions' as one flattened buffer; `step`: one by one), in fp32 and bf16,
+    on gloo (sum, then divided) and on two GPUs over NCCL (its AVG: no division pass)."""
+    os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
+    spawn_processes(_reducer_worker, (os.fspath(tmp_path / "store"), backend), timeout_s=180)
+
+
 def test_the_collective_stop_poll_runs_only_on_the_batches_every_process_has():
     """DDP's evaluation shares differ by an image, and can differ by a batch: the stop poll (a
     collective) must run the same number of times on every process (a 2-process run with 1 val image
@@ -428,7 +480,6 @@ def test_the_collective_stop_poll_runs_only_on_the_batches_every_process_has():
     assert [poll(), poll(), poll()] == [False] * 3 and len(polls) == 1
 
 
-TWO_GPUS = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs two GPUs")
 
 
 @pytest.mark.gpu

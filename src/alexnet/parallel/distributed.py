@@ -134,12 +134,22 @@ class DistributedContext:
             td.all_reduce(tensor, op=td.ReduceOp.SUM)
         return tensor
 
-    def sum_async_(self, tensor: torch.Tensor):
-        """Start an in-place all-reduce by summation; returns the work to wait on (None on one process).
-        On NCCL, waiting makes the current stream wait for it, so a CUDA graph can hold both."""
-        if self.enabled:
-            return td.all_reduce(tensor, op=td.ReduceOp.SUM, async_op=True)
-        return None
+    @property
+    def averages(self) -> bool:
+        """Whether `reduce_` can make the mean in the collective itself (NCCL's AVG); else (gloo, one
+        process) it makes the sum and the caller divides by the process count."""
+        return self.enabled and self.device.type == "cuda"
+
+    def reduce_(self, tensor: torch.Tensor, wait: bool = True):
+        """Start (or, with `wait`, do) an in-place all-reduce towards the mean over processes: the mean
+        itself where `averages` (no separate division pass over the gradients), else the sum. Returns
+        the work to wait on (None when done or on one process). On NCCL, waiting makes the current
+        stream wait for it, so a CUDA graph can hold both."""
+        if not self.enabled:
+            return None
+        op = td.ReduceOp.AVG if self.averages else td.ReduceOp.SUM
+        work = td.all_reduce(tensor, op=op, async_op=not wait)
+        return None if wait else work
 
     def broadcast_(self, tensors: list[torch.Tensor], src: int = 0) -> None:
         """Rank `src`'s values copied into `tensors` on every rank (nothing on one process)."""

@@ -98,36 +98,43 @@ class Placement:
         if self.reduce not in ("step", "overlap") or self.parts is not None:
             return
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        self._finish([self._sum(g) for g in grads])
+        self._finish([self._start([g]) for g in grads])
 
-    def _sum(self, g: torch.Tensor, wait: bool = True) -> tuple:
-        """Start (or, with `wait`, do) the all-reduce of gradient `g` by summation, in bf16 when asked:
-        (g, its bf16 copy or None, the work or None)."""
-        low = g.to(self.low) if self.low is not None else None
-        t = g if low is None else low
-        if wait:
-            self.dist.sum_(t)
-            return g, low, None
-        return g, low, self.dist.sum_async_(t)
+    def _start(self, grads: list, wait: bool = True) -> tuple:
+        """Start (or, with `wait`, do) one all-reduce of `grads` towards their mean: a single tensor in
+        place, several flattened into one buffer (one collective instead of one per tensor, each with
+        its launch latency); in bf16 when asked. Returns (grads, the buffer reduced, the work or None)."""
+        flat = grads[0] if len(grads) == 1 else torch.cat([g.reshape(-1) for g in grads])
+        buf = flat.to(self.low) if self.low is not None else flat
+        return grads, buf, self.dist.reduce_(buf, wait=wait)
 
     def _finish(self, started: list) -> None:
-        """Wait for the all-reduces `_sum` started, copy bf16 sums back, divide by the process count."""
-        for g, low, work in started:
+        """Wait for the all-reduces `_start` started, copy bf16 or flattened results back into the
+        gradients, and (where the collective made the sum: gloo) divide by the process count."""
+        for _, _, work in started:
             if work is not None:
                 work.wait()
-            if low is not None:
-                g.copy_(low)
-        torch._foreach_div_([g for g, _, _ in started], float(self.dist.world_size))
+        for grads, buf, _ in started:
+            if len(grads) == 1:
+                if buf is not grads[0]:
+                    grads[0].copy_(buf)
+            else:
+                views = [v.view_as(g) for v, g in zip(buf.split([g.numel() for g in grads]), grads)]
+                torch._foreach_copy_(grads, views)
+        if not self.dist.averages:
+            torch._foreach_div_([g for grads, _, _ in started for g in grads], float(self.dist.world_size))
 
     def start_classifier_reduce(self) -> list:
-        """reduce="overlap", after the classifier's backward pass: its all-reduces started (NCCL: on
-        NCCL's stream, beside the convolutions' backward pass). Returns what `finish_reduce` waits on."""
-        return [self._sum(p.grad, wait=False) for p in self.late_params if p.grad is not None]
+        """reduce="overlap", after the classifier's backward pass: its all-reduces started, one per
+        tensor (NCCL: on NCCL's stream, beside the convolutions' backward pass). Returns what
+        `finish_reduce` waits on."""
+        return [self._start([p.grad], wait=False) for p in self.late_params if p.grad is not None]
 
     def finish_reduce(self, started: list) -> None:
-        """reduce="overlap", after the convolutions' backward pass: their gradients all-reduced, the
-        classifier's waited for, every gradient divided by the process count (DDP's mean)."""
-        self._finish([self._sum(p.grad) for p in self.early_params if p.grad is not None] + started)
+        """reduce="overlap", after the convolutions' backward pass: their gradients all-reduced as one
+        buffer, the classifier's waited for, every gradient the mean over the processes (DDP's)."""
+        early = [p.grad for p in self.early_params if p.grad is not None]
+        self._finish(([self._start(early)] if early else []) + started)
 
     @property
     def columns(self) -> bool:

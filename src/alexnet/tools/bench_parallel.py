@@ -21,7 +21,7 @@ from alexnet.models import build_model
 from alexnet.parallel.distributed import DistributedContext
 from alexnet.parallel.placement import place
 from alexnet.tools.bench_steps import step_fn
-from alexnet.tools.timing import Timer, measure, rate
+from alexnet.tools.timing import Timer, measure, profile_breakdown, rate
 
 __all__ = ["PARALLEL_FORMS", "run_under_torchrun", "main"]
 
@@ -60,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--device", default="auto")
+    p.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                   help="after timing, profile STEPS more steps on every process (CUDA only): rank 0's GPU "
+                        "time per step by kernel category (convolutions, matmul, NCCL, ...) goes into the JSON, "
+                        "to compare one process with two (what the collectives cost the kernels beside them)")
     p.add_argument("--json", required=True)
     args = p.parse_args(argv)
     dist = DistributedContext.from_env(args.device)
@@ -84,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
                 result["rows"][f"{batch}/{variant}"] = {"batch": batch, "variant": variant, "ms": t["ms"],
                                                         "images_per_s": rate(images, t["ms"]), "spread": t["spread"],
                                                         "warmup_s": t["warmup_s"]}
+                if args.profile and device.type == "cuda":   # every process: the same collectives
+                    prof = profile_breakdown(fn, args.profile, Timer(device))
+                    result["rows"][f"{batch}/{variant}"]["profile"] = {k: prof[k] for k in ("ms_per_step", "total_ms")}
                 fn.step.release()            # before the process group ends (pytorch/pytorch#115388)
                 del placement, fn
                 dist.barrier()
