@@ -5,11 +5,18 @@
 # two, timed, then profiled (`bench_parallel --profile 20`: rank 0's GPU time per step by kernel
 # category). If the convolutions' kernels take longer beside NCCL's, the collectives slow them (SMs,
 # memory bandwidth); if the kernel times match and the step is longer, the GPU waits for the all-reduce.
+# Then NCCL's protocol (Simple, LL128) and threads per CTA (256), timed.
 source scripts/gpu_env.sh
 for n in 1 2; do
   timeout 270 torchrun --standalone --nproc-per-node $n -m alexnet.tools.bench_parallel --form ddp \
     --batches 128 256 --variants graphed --profile 20 --json "$OUT/p$n.json" >> "$OUT/profile.log" 2>&1
   stamp "$n process(es): exit $?"
+done
+# NCCL's protocol and threads per CTA (two processes, timed only; NCCL's choice is the run above)
+for e in NCCL_PROTO=Simple NCCL_PROTO=LL128 NCCL_NTHREADS=256; do
+  timeout 120 env $e torchrun --standalone --nproc-per-node 2 -m alexnet.tools.bench_parallel --form ddp \
+    --batches 128 256 --variants graphed --json "$OUT/$e.json" >> "$OUT/profile.log" 2>&1
+  stamp "$e: exit $?"
 done
 python - "$OUT" <<'PY'
 import json, pathlib, sys
@@ -26,4 +33,11 @@ for key in ("128/graphed", "256/graphed"):
         vals = [r.get("profile", {}).get("total_ms" if c == "total" else "ms_per_step", {}) for r in rows.values()]
         vals = [v if c == "total" else v.get(c, 0.0) for v in vals]
         print(f"{c:<40}" + "".join(f"{v:>12.3f}" for v in vals))
+print(f"\n{'two processes, graphed':<28}{'128: ms':>9}{'img/s':>9}{'256: ms':>9}{'img/s':>9}")
+for f in [out / "p2.json", *sorted(out.glob("NCCL_*.json"))]:
+    if f.exists():
+        r = json.loads(f.read_text())["rows"]
+        cells = "".join(f"{r[k]['ms']:>9.3f}{r[k]['images_per_s']:>9,.0f}" if k in r else f"{'-':>18}"
+                        for k in ("128/graphed", "256/graphed"))
+        print(f"{'default' if f.name == 'p2.json' else f.stem:<28}{cells}")
 PY

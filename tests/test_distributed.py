@@ -409,6 +409,25 @@ def test_bf16_all_reduce_trains_close_to_fp32_in_both_reducers(shapes, tmp_path)
         assert any(not torch.equal(models[name][k], models["fp32"][k]) for k in models["fp32"])
 
 
+def test_gradients_are_bucketed_as_ddp_does_and_large_ones_stay_alone():
+    """The step's all-reduce buckets: consecutive gradients up to 25 MB each; one larger than that
+    is a bucket of its own (reduced in place). For the paper's net: the convolutions' ten tensors in
+    one bucket, fc6's and fc7's weights alone."""
+    from alexnet.models import build_model
+    from alexnet.parallel.placement import BUCKET_BYTES, buckets
+
+    t = [torch.empty(n) for n in (4, 4, 2**20, 7 * 2**20, 3)]       # 16 B, 16 B, 4 MiB, 28 MiB, 12 B
+    assert [[x.numel() for x in b] for b in buckets(t)] == [[4, 4, 2**20], [7 * 2**20], [3]]
+    assert [len(b) for b in buckets(t, limit=16)] == [1, 1, 1, 1, 1]
+    model = build_model("alexnet2012", num_classes=1000)
+    late = {id(q) for q in model.classifier_parameters()}
+    conv = buckets([p for p in model.parameters() if id(p) not in late])
+    assert len(conv) == 1 and len(conv[0]) == 10
+    fc = buckets(list(model.classifier_parameters()))
+    big = [b for b in fc if b[0].numel() * 4 > BUCKET_BYTES]
+    assert [len(b) for b in big] == [1, 1] and sum(len(b) for b in fc) == 6
+
+
 def _reducer_worker(rank: int, store: str, backend: str) -> None:
     """Each rank's gradients drawn from its own seed; after each reducer every gradient must be the
     exact mean of both ranks' (exact for two processes: one addition, one halving)."""

@@ -4,7 +4,8 @@
 * `ddp`: a replica per process (torchrun), the batch sharded, gradients all-reduced: by torch's
   DistributedDataParallel (`reduce="ddp"`: bucketed, overlapped with the backward pass by hooks on
   the host), or by the step itself after the backward pass (`reduce="step"`: one all-reduce per
-  gradient, issued from the step, so the whole step with its all-reduces can be one CUDA graph), or
+  bucket of gradients of up to 25 MB, as DDP's, a larger gradient alone and in place, issued from the
+  step, so the whole step with its all-reduces can be one CUDA graph), or
   by the step with the classifier's all-reduces overlapped with the convolutions' backward pass
   (`reduce="overlap"`, for networks with `convolutions` and `classifier` parts, the paper's net:
   the step runs the backward pass in two parts, `TrainStep`; other networks as "step").
@@ -39,10 +40,26 @@ from alexnet.parallel.convert import (load_named_optimizer_state, merge_state_di
                                       split_state_dict)
 from alexnet.parallel.distributed import DistributedContext
 
-__all__ = ["Placement", "place", "REDUCES"]
+__all__ = ["Placement", "place", "REDUCES", "buckets"]
 
 REDUCES = ("ddp", "step", "overlap")
 REDUCE_DTYPES = {"fp32": None, "bf16": torch.bfloat16}
+
+BUCKET_BYTES = 25 * 2**20  # the step's all-reduce buckets: DDP's default size
+
+
+def buckets(tensors: list[torch.Tensor], limit: int = BUCKET_BYTES) -> list[list[torch.Tensor]]:
+    """Consecutive `tensors` grouped into buckets of at most `limit` bytes, one collective each (fewer
+    launches); a tensor larger than `limit` is a bucket of its own (reduced in place, never copied)."""
+    out, size = [], 0
+    for t in tensors:
+        n = t.numel() * t.element_size()
+        if not out or size + n > limit:
+            out.append([])
+            size = 0
+        out[-1].append(t)
+        size += n
+    return out
 
 
 def place(model: nn.Module, parallel: str, dist: DistributedContext, devices: list[torch.device],
@@ -98,7 +115,7 @@ class Placement:
         if self.reduce not in ("step", "overlap") or self.parts is not None:
             return
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        self._finish([self._start([g]) for g in grads])
+        self._finish([self._start(b) for b in buckets(grads)])
 
     def _start(self, grads: list, wait: bool = True) -> tuple:
         """Start (or, with `wait`, do) one all-reduce of `grads` towards their mean: a single tensor in
@@ -126,15 +143,16 @@ class Placement:
 
     def start_classifier_reduce(self) -> list:
         """reduce="overlap", after the classifier's backward pass: its all-reduces started, one per
-        tensor (NCCL: on NCCL's stream, beside the convolutions' backward pass). Returns what
+        bucket (NCCL: on NCCL's stream, beside the convolutions' backward pass). Returns what
         `finish_reduce` waits on."""
-        return [self._start([p.grad], wait=False) for p in self.late_params if p.grad is not None]
+        return [self._start(b, wait=False) for b in buckets([p.grad for p in self.late_params if p.grad is not None])]
 
     def finish_reduce(self, started: list) -> None:
-        """reduce="overlap", after the convolutions' backward pass: their gradients all-reduced as one
-        buffer, the classifier's waited for, every gradient the mean over the processes (DDP's)."""
+        """reduce="overlap", after the convolutions' backward pass: their gradients all-reduced (one
+        bucket for the paper's net: 9 MB), the classifier's waited for, every gradient the mean over
+        the processes (DDP's)."""
         early = [p.grad for p in self.early_params if p.grad is not None]
-        self._finish(([self._start(early)] if early else []) + started)
+        self._finish([self._start(b) for b in buckets(early)] + started)
 
     @property
     def columns(self) -> bool:
