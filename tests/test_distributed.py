@@ -472,9 +472,10 @@ def _reducer_worker(rank: int, store: str, backend: str) -> None:
 @pytest.mark.distributed
 @pytest.mark.parametrize("backend", ["gloo", pytest.param("nccl", marks=[pytest.mark.gpu, TWO_GPUS])])
 def test_the_step_reducers_make_every_gradient_the_exact_mean(backend, tmp_path):
-    """The step's reducers (`--ddp-reduce overlap`: the classifier's tensors one by one and
-    asynchronously, the convolutions' as one flattened buffer; `step`: one by one), in fp32 and bf16,
-    on gloo (sum, then divided) and on two GPUs over NCCL (its AVG: no division pass)."""
+    """The step's reducers (`--ddp-reduce overlap`: the classifier's buckets asynchronously, the
+    convolutions' after their backward pass; `step`: every bucket after backward; buckets of one
+    large tensor reduced in place, of several flattened), in fp32 and bf16, on gloo (sum, then
+    divided) and on two GPUs over NCCL (its AVG: no division pass)."""
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
     spawn_processes(_reducer_worker, (os.fspath(tmp_path / "store"), backend), timeout_s=180)
 
@@ -497,8 +498,6 @@ def test_the_collective_stop_poll_runs_only_on_the_batches_every_process_has():
     polls = []
     poll = ddp.eval_stop_poll(split, 500, lambda: polls.append(1) or False)
     assert [poll(), poll(), poll()] == [False] * 3 and len(polls) == 1
-
-
 
 
 @pytest.mark.gpu

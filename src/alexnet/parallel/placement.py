@@ -110,7 +110,7 @@ class Placement:
 
     def reduce_gradients(self) -> None:
         """reduce="step" (or "overlap" for a network without parts): every gradient made the mean over
-        the processes, as DDP's reducer makes it (a sum of the gradients divided by the process count).
+        the processes, as DDP's reducer makes it (NCCL's AVG, or the sum divided by the process count).
         Called by the step after backward."""
         if self.reduce not in ("step", "overlap") or self.parts is not None:
             return

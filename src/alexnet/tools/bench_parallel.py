@@ -85,12 +85,12 @@ def main(argv: list[str] | None = None) -> int:
                 # a fixed number of steps: the processes must run the same collectives
                 t = measure({variant: fn}, Timer(device), args.warmup, args.steps, args.repeats, min_run_ms=0)[variant]
                 images = batch * (dist.world_size if args.form == "ddp" else 1)
-                result["rows"][f"{batch}/{variant}"] = {"batch": batch, "variant": variant, "ms": t["ms"],
-                                                        "images_per_s": rate(images, t["ms"]), "spread": t["spread"],
-                                                        "warmup_s": t["warmup_s"]}
+                row = result["rows"][f"{batch}/{variant}"] = {
+                    "batch": batch, "variant": variant, "ms": t["ms"], "images_per_s": rate(images, t["ms"]),
+                    "spread": t["spread"], "warmup_s": t["warmup_s"]}
                 if args.profile and device.type == "cuda":   # every process: the same collectives
                     prof = profile_breakdown(fn, args.profile, Timer(device))
-                    result["rows"][f"{batch}/{variant}"]["profile"] = {k: prof[k] for k in ("ms_per_step", "total_ms")}
+                    row["profile"] = {k: prof[k] for k in ("ms_per_step", "total_ms")}
                 fn.step.release()            # before the process group ends (pytorch/pytorch#115388)
                 del placement, fn
                 dist.barrier()
