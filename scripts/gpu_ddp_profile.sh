@@ -7,14 +7,18 @@
 # memory bandwidth); if the kernel times match and the step is longer, the GPU waits for the all-reduce.
 # Then NCCL's protocol (Simple, LL128) and threads per CTA (256), timed.
 source scripts/gpu_env.sh
-for n in 1 2; do
-  timeout 270 torchrun --standalone --nproc-per-node $n -m alexnet.tools.bench_parallel --form ddp \
+END=$(( T0 + ${BUDGET:-585} ))  # BUDGET: seconds this script may take in all
+lim() { local l=$(( END - $(date +%s) )); echo $(( l < $1 ? l : $1 )); }
+for n in 2 1; do
+  [ "$(lim 270)" -lt 40 ] && { stamp "$n process(es): skipped, no time left"; continue; }
+  timeout "$(lim 270)" torchrun --standalone --nproc-per-node $n -m alexnet.tools.bench_parallel --form ddp \
     --batches 128 256 --variants graphed --profile 20 --json "$OUT/p$n.json" >> "$OUT/profile.log" 2>&1
   stamp "$n process(es): exit $?"
 done
 # NCCL's protocol and threads per CTA (two processes, timed only; NCCL's choice is the run above)
 for e in NCCL_PROTO=Simple NCCL_PROTO=LL128 NCCL_NTHREADS=256; do
-  timeout 120 env $e torchrun --standalone --nproc-per-node 2 -m alexnet.tools.bench_parallel --form ddp \
+  [ "$(lim 120)" -lt 30 ] && { stamp "$e: skipped, no time left"; continue; }
+  timeout "$(lim 120)" env $e torchrun --standalone --nproc-per-node 2 -m alexnet.tools.bench_parallel --form ddp \
     --batches 128 256 --variants graphed --json "$OUT/$e.json" >> "$OUT/profile.log" 2>&1
   stamp "$e: exit $?"
 done

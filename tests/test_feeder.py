@@ -17,7 +17,7 @@ import torch
 
 from conftest import random_image, write_image
 
-from alexnet.data.feeder import Feeder
+from alexnet.data.feeder import DEPTH, GPU_AHEAD, Feeder
 from alexnet.data.loader import BatchLoader
 from alexnet.data.prepare import prepare
 from alexnet.data.prepared import PreparedData
@@ -148,6 +148,13 @@ def test_gpu_workers(stores, decode, workers, gpu_workers):
             want = batches(BatchLoader(split, 8, epoch=epoch, workers=0, **kw))
             assert_same(batches(feeder.epoch(epoch)), want)
         assert_same(batches(feeder.epoch(1, start_batch=5)), want[5:])
+        # room for each GPU worker to run ahead of the batch the loop waits for (GPU_AHEAD)
+        assert feeder._ring.slots == (workers + gpu_workers) * DEPTH + feeder.prefetch + 2 + gpu_workers * GPU_AHEAD
+    with Feeder(split, 8, workers=workers, gpu_workers=gpu_workers, decode=decode, gpu_ahead=0, **kw) as feeder:
+        assert feeder._ring.slots == (workers + gpu_workers) * DEPTH + feeder.prefetch + 2
+        assert_same(batches(feeder.epoch(0)), batches(BatchLoader(split, 8, epoch=0, workers=0, **kw)))
+    with pytest.raises(ValueError, match="gpu_ahead"):
+        Feeder(split, 8, workers=workers, gpu_workers=gpu_workers, decode=decode, gpu_ahead=-1)
     with pytest.raises(ValueError, match="JPEG store"):
         Feeder(split_of(stores, "raw"), 8, workers=workers, decode=decode)
     with pytest.raises(ValueError, match="GPU worker"):

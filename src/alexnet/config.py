@@ -79,8 +79,10 @@ class TrainConfig:
                                      "with the backward pass), step (the step, after the backward pass: what a "
                                      "CUDA graph of the step needs), overlap (the step, the classifier's "
                                      "gradients during the convolutions' backward pass; alexnet2012, else as "
-                                     "step); auto: overlap when the step is a CUDA graph",
-                             choices=("auto", "ddp", "step", "overlap"), resume="apply", group="running")
+                                     "step), shard (as overlap, the classifier's gradients reduce-scattered, "
+                                     "each process updating its share, the shares gathered during the next "
+                                     "step's convolutions; fp32); auto: overlap when the step is a CUDA graph",
+                             choices=("auto", "ddp", "step", "overlap", "shard"), resume="apply", group="running")
     ddp_reduce_dtype: str = option("fp32", "data parallel: the gradients' all-reduce in fp32 (the exact mean) or "
                                            "bf16 (half the bytes; each gradient rounded to bf16 on the way: a "
                                            "deviation)", choices=("fp32", "bf16"), resume="apply", group="running")

@@ -48,13 +48,19 @@ class PaperSGD(torch.optim.Optimizer):
                 if "velocity" not in state:
                     state["velocity"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 velocities.append(state["velocity"])
-            eps, wd = group["lr"], group["weight_decay"]
-            torch._foreach_mul_(velocities, group["momentum"])
-            if wd:
-                torch._foreach_add_(velocities, params, alpha=-wd * eps)
-            torch._foreach_add_(velocities, grads, alpha=-eps)
-            torch._foreach_add_(params, velocities)
+            paper_update(params, grads, velocities, group["lr"], group["momentum"], group["weight_decay"])
         return loss
+
+
+def paper_update(params: list[torch.Tensor], grads: list[torch.Tensor], velocities: list[torch.Tensor], eps: float,
+                 momentum: float, weight_decay: float) -> None:
+    """The paper's rule in place on lists of tensors (whole parameters, or slices of them: the rule is
+    elementwise): v <- momentum v - weight_decay eps w - eps g; w <- w + v."""
+    torch._foreach_mul_(velocities, momentum)
+    if weight_decay:
+        torch._foreach_add_(velocities, params, alpha=-weight_decay * eps)
+    torch._foreach_add_(velocities, grads, alpha=-eps)
+    torch._foreach_add_(params, velocities)
 
 
 def param_groups(model: nn.Module, recipe: str, lr: float, weight_decay: float = 5e-4) -> list[dict]:

@@ -14,8 +14,9 @@ Three ways to run the same computation, chosen when the run starts:
   column per process (the NCCL exchanges inside the graph), and data parallelism with the gradients
   all-reduced by the step (`Placement.reduce_gradients`, the all-reduces inside the graph; with
   `reduce="overlap"` the backward pass runs in two parts, the classifier's then the convolutions',
-  and the classifier's all-reduces run beside the second); not the one-process columns. If capture
-  fails the run says why and continues eagerly.
+  and the classifier's all-reduces run beside the second; `reduce="shard"`: its reduce-scatter, and
+  the gather of its shared-out update beside the next step's convolutions); not the one-process
+  columns. If capture fails the run says why and continues eagerly.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class TrainStep:
         self.miss_sum.fill_(misses)
 
     def _compute(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        gather = self.placement.start_gather()       # reduce="shard": the classifier's shares, meanwhile
         size = images.shape[-1]
         params = sample_params(images.shape[0], size, self.augment, self.generator, images.device)
         x = self.views(images, self.mean, self.eigvals, self.eigvecs, self.augment, params)
@@ -57,6 +59,7 @@ class TrainStep:
                 logits = self.placement.net(x)
             else:                                    # two parts, so that backward can run in two
                 features = parts[0](x)
+                self.placement.finish_gather(gather)
                 cut = features.detach().requires_grad_()
                 logits = parts[1](cut)
             loss = self.placement.loss(logits, labels)
@@ -68,6 +71,7 @@ class TrainStep:
             features.backward(cut.grad)
             self.placement.finish_reduce(started)
         self.optimizer.step()
+        self.placement.update_classifier(self.optimizer)   # reduce="shard": this process's share
         loss = loss.detach().float()
         self.loss_sum += loss
         if self.placement.has_logits:

@@ -47,6 +47,11 @@ __all__ = ["Feeder", "DECODES", "default_workers"]
 DECODES = ("cpu", "cuda", "mixed")
 DEPTH = 2  # batches queued per worker, so that none waits for the training process
 GPU_WORKERS = 1  # GPU worker processes per Feeder with decode="cuda" or "mixed"
+# Slots of the ring each GPU worker may fill ahead of the batch the training process waits for.
+# Batches are used in order, and a CPU worker takes ~DEPTH x 0.15 s for its batches of 256, so a GPU
+# worker (~40 batches/s) finishes many batches while an earlier one is still being decoded on a CPU;
+# each waits in its slot. Without these slots it waits for a free one instead of decoding.
+GPU_AHEAD = 16
 
 
 class Feeder:
@@ -58,13 +63,14 @@ class Feeder:
     CPU and GPU runs). ``prefetch``: batches copied to the device ahead of use. ``decode``: where a
     JPEG store is decoded: ``"cpu"``, ``"cuda"`` or ``"mixed"``; ``gpu_workers`` (default 1, and 0
     for ``"cpu"``) GPU worker processes with ``gpu_decoder``; ``cpu_decoder``: the CPU workers'
-    JPEG decoder (:func:`alexnet.data.decode.store_jpeg_decoder`).
+    JPEG decoder (:func:`alexnet.data.decode.store_jpeg_decoder`). ``gpu_ahead``: ring slots per GPU
+    worker for the batches it finishes before an earlier one is ready (see GPU_AHEAD; 0: none).
     """
 
     def __init__(self, split, batch_size: int, *, shuffle: bool = False, seed: int = 0, drop_last: bool = False,
                  device="cpu", rank: int = 0, world_size: int = 1, workers: int | None = None, prefetch: int = 2,
                  decode: str = "cpu", gpu_workers: int | None = None, gpu_decoder: str = "auto",
-                 cpu_decoder: str = "auto"):
+                 cpu_decoder: str = "auto", gpu_ahead: int = GPU_AHEAD):
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
         if decode not in DECODES:
@@ -80,6 +86,9 @@ class Feeder:
         # "auto" resolved here, where the log and the workers read the names.
         self.cpu_decoder = store_jpeg_decoder(cpu_decoder)[0]
         self.gpu_decoder = resolve_gpu_decoder(gpu_decoder, self.device) if decode != "cpu" else gpu_decoder
+        if gpu_ahead < 0:
+            raise ValueError(f"gpu_ahead must be >= 0, got {gpu_ahead}")
+        self.gpu_ahead = int(gpu_ahead)
         self.split, self.batch_size = split, int(batch_size)
         self.shuffle, self.seed, self.drop_last = bool(shuffle), int(seed), bool(drop_last)
         self.rank, self.world_size = int(rank), int(world_size)
@@ -120,7 +129,7 @@ class Feeder:
         source, longest = self._source()
         layout = SlotLayout(max(1, local_batch), self.split.size, pixels=True,
                             blob=max(1, local_batch) * longest if self.gpu_workers else 0)
-        self._ring = Ring(self._all * DEPTH + self.prefetch + 2, layout)
+        self._ring = Ring(self._all * DEPTH + self.prefetch + 2 + self.gpu_workers * self.gpu_ahead, layout)
         self._free = deque(range(self._ring.slots))
         self._releasing: deque = deque()  # (event or None, slot): given back once the copy is done
         self._ready: dict[int, int] = {}  # batch -> slot, filled for this generation

@@ -11,6 +11,7 @@ error (mean absolute error and PSNR against the raw pixels) and encode/decode ra
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ __all__ = ["measure", "jpeg_table", "sample_images"]
 
 
 def _loader_rate(split, batch: int, workers: int, decode: str, device, seconds: float, step=None,
-                 gpu_workers: int = 1, cpu_decoder: str = "auto") -> dict:
+                 gpu_workers: int = 1, cpu_decoder: str = "auto", gpu_ahead: int | None = None) -> dict:
     """Images/s over whole epochs (after one warm-up batch) for one setting."""
     from alexnet.data.feeder import Feeder
     from alexnet.data.loader import BatchLoader
@@ -31,7 +32,8 @@ def _loader_rate(split, batch: int, workers: int, decode: str, device, seconds: 
     feeder = None
     if workers or decode != "cpu":
         feeder = Feeder(split, batch, shuffle=True, seed=0, drop_last=True, device=device, workers=workers,
-                        decode=decode, gpu_workers=gpu_workers, cpu_decoder=cpu_decoder)
+                        decode=decode, gpu_workers=gpu_workers, cpu_decoder=cpu_decoder,
+                        **({} if gpu_ahead is None else {"gpu_ahead": gpu_ahead}))
     try:
         def epoch(e):
             if feeder is not None:
@@ -64,11 +66,12 @@ def _loader_rate(split, batch: int, workers: int, decode: str, device, seconds: 
 
 def measure(path, batch: int = 256, workers_list=(0, 2, 4, 8, 14), decode_modes=("cpu", "cuda", "mixed"),
             seconds: float = 10.0, device: str | None = None, split: str = "train", step=None,
-            gpu_workers_list=(1, 2), cpu_decoders=("auto",)) -> list[dict]:
+            gpu_workers_list=(1, 2), cpu_decoders=("auto",), gpu_ahead_list=(None,)) -> list[dict]:
     """Print (and return) loader-alone images/s of the store at ``path`` for each number of (CPU)
     workers and each decoding (``"cuda"`` and ``"mixed"``, with each number of GPU workers in
     ``gpu_workers_list``, only for a JPEG store on a GPU; 0 workers = in-process threads, or with
     ``"cuda"`` GPU workers alone), with each of ``cpu_decoders`` for the CPU workers.
+    ``gpu_ahead_list``: the Feeder's ``gpu_ahead`` values to try with GPU workers (None: its default).
     ``step(images, labels)``, optional, runs on every batch (e.g. a training step, to measure the
     loader beside it)."""
     from alexnet.data.prepared import PreparedData
@@ -84,18 +87,19 @@ def measure(path, batch: int = 256, workers_list=(0, 2, 4, 8, 14), decode_modes=
     for decode in decode_modes:
         if decode != "cpu" and (sp.encoding != "jpeg" or torch.device(device).type != "cuda"):
             continue
-        for g in (gpu_workers_list if decode != "cpu" else (0,)):
-            for w in (workers_list if decode != "cuda" else (0,)):
-                if decode == "mixed" and w == 0:
-                    continue
-                for cd in (cpu_decoders if sp.encoding == "jpeg" and decode != "cuda" else ("auto",)):
-                    r = _loader_rate(sp, batch, w, decode, device, seconds, step, g, cd)
-                    r.update(workers=w, decode=decode, gpu_workers=g, cpu_decoder=cd, encoding=sp.encoding,
-                             batch=batch)
-                    rows.append(r)
-                    name = (f"{decode} +{g}gpu" if decode != "cpu" else decode) + (f" {cd}" if cd != "auto" else "")
-                    print(f"{w:>7} {name:>22} {r['images_per_s']:>10,.0f} "
-                          f"{r['images_per_s'] * per_image / 1e6:>8,.0f} {r['startup_s']:>7.1f}", flush=True)
+        gpus = gpu_workers_list if decode != "cpu" else (0,)
+        cpus = [w for w in (workers_list if decode != "cuda" else (0,)) if not (decode == "mixed" and w == 0)]
+        decoders = cpu_decoders if sp.encoding == "jpeg" and decode != "cuda" else ("auto",)
+        aheads = gpu_ahead_list if decode != "cpu" else (None,)
+        for g, w, cd, ahead in itertools.product(gpus, cpus, decoders, aheads):
+            r = _loader_rate(sp, batch, w, decode, device, seconds, step, g, cd, ahead)
+            r.update(workers=w, decode=decode, gpu_workers=g, cpu_decoder=cd, encoding=sp.encoding, batch=batch,
+                     gpu_ahead=ahead)
+            rows.append(r)
+            name = (f"{decode} +{g}gpu" if decode != "cpu" else decode) + (f" {cd}" if cd != "auto" else "")
+            name += "" if ahead is None else f" ahead {ahead}"
+            print(f"{w:>7} {name:>22} {r['images_per_s']:>10,.0f} "
+                  f"{r['images_per_s'] * per_image / 1e6:>8,.0f} {r['startup_s']:>7.1f}", flush=True)
     return rows
 
 

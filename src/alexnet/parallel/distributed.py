@@ -151,6 +151,25 @@ class DistributedContext:
         work = td.all_reduce(tensor, op=op, async_op=not wait)
         return None if wait else work
 
+    def reduce_scatter_(self, share: torch.Tensor, tensor: torch.Tensor, wait: bool = True):
+        """Start (or do) a reduce-scatter of `tensor` (equal shares in rank order) into this rank's
+        `share`: the mean where `averages`, else the sum (as `reduce_`). Returns the work or None."""
+        if not self.enabled:
+            share.copy_(tensor)
+            return None
+        op = td.ReduceOp.AVG if self.averages else td.ReduceOp.SUM
+        work = td.reduce_scatter_tensor(share, tensor, op=op, async_op=not wait)
+        return None if wait else work
+
+    def all_gather_(self, tensor: torch.Tensor, wait: bool = True):
+        """Start (or do) an in-place all-gather: rank r's share of `tensor` (equal shares in rank order)
+        copied into every rank's `tensor`. Returns the work or None."""
+        if not self.enabled:
+            return None
+        n = tensor.numel() // self.world_size
+        work = td.all_gather_into_tensor(tensor, tensor[self.rank * n : (self.rank + 1) * n], async_op=not wait)
+        return None if wait else work
+
     def broadcast_(self, tensors: list[torch.Tensor], src: int = 0) -> None:
         """Rank `src`'s values copied into `tensors` on every rank (nothing on one process)."""
         if self.enabled:

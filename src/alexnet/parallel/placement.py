@@ -8,7 +8,10 @@
   step, so the whole step with its all-reduces can be one CUDA graph), or
   by the step with the classifier's all-reduces overlapped with the convolutions' backward pass
   (`reduce="overlap"`, for networks with `convolutions` and `classifier` parts, the paper's net:
-  the step runs the backward pass in two parts, `TrainStep`; other networks as "step").
+  the step runs the backward pass in two parts, `TrainStep`; other networks as "step"), or as
+  "overlap" with the classifier's gradients reduce-scattered and its update shared out, each process
+  updating its share and the shares all-gathered during the next step's convolutions
+  (`reduce="shard"`, `alexnet.parallel.shard`; fp32 only; other networks as "step").
   `reduce_dtype="bf16"` all-reduces the gradients in bf16 (half the bytes; each gradient rounded to
   bf16 on the way: a deviation from the exact mean, `--ddp-reduce-dtype`).
 * `columns`: the paper's two columns in this process (`TwoDeviceAlexNet`): two GPUs, or one GPU's
@@ -39,10 +42,11 @@ from alexnet.parallel.columns import DistributedColumnAlexNet, TwoDeviceAlexNet
 from alexnet.parallel.convert import (load_named_optimizer_state, merge_state_dicts, named_optimizer_state,
                                       split_state_dict)
 from alexnet.parallel.distributed import DistributedContext
+from alexnet.parallel.shard import ClassifierShards
 
 __all__ = ["Placement", "place", "REDUCES", "buckets"]
 
-REDUCES = ("ddp", "step", "overlap")
+REDUCES = ("ddp", "step", "overlap", "shard")
 REDUCE_DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 
 BUCKET_BYTES = 25 * 2**20  # the step's all-reduce buckets: DDP's default size
@@ -95,16 +99,20 @@ class Placement:
         self.low = REDUCE_DTYPES[reduce_dtype] if kind == "ddp" else None  # None: fp32, exact
         self.kind, self.model, self.dist, self.recipe = kind, model, dist, recipe
         self.reduce = reduce if kind == "ddp" else None
-        # reduce="overlap": the network's two parts, what the step calls for each (compiled apart)
-        self.parts = None
-        if self.reduce == "overlap" and callable(getattr(model, "convolutions", None)) and \
+        if self.reduce == "shard" and self.low is not None:
+            raise ConfigError("the sharded classifier update all-reduces in fp32 only: drop --ddp-reduce-dtype bf16")
+        # reduce="overlap" or "shard": the network's two parts, what the step calls for each (compiled apart)
+        self.parts = self.shards = None
+        if self.reduce in ("overlap", "shard") and callable(getattr(model, "convolutions", None)) and \
                 callable(getattr(model, "classifier", None)):
             self.parts = [model.convolutions, model.classifier]
             late = {id(p) for p in model.classifier_parameters()}
             self.late_params = [p for p in model.parameters() if id(p) in late]
             self.early_params = [p for p in model.parameters() if id(p) not in late]
-        if self.reduce in ("step", "overlap"):
+        if self.reduce in ("step", "overlap", "shard"):
             dist.broadcast_(list(model.state_dict().values()))      # rank 0's start, as DDP's wrapper does
+        if self.reduce == "shard" and self.parts is not None:
+            self.shards = ClassifierShards(self.late_params, dist)
         self.net = dist.wrap(model, self.low is not None) if self.reduce == "ddp" else model
         self._names = None
 
@@ -112,7 +120,7 @@ class Placement:
         """reduce="step" (or "overlap" for a network without parts): every gradient made the mean over
         the processes, as DDP's reducer makes it (NCCL's AVG, or the sum divided by the process count).
         Called by the step after backward."""
-        if self.reduce not in ("step", "overlap") or self.parts is not None:
+        if self.reduce not in ("step", "overlap", "shard") or self.parts is not None:
             return
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         self._finish([self._start(b) for b in buckets(grads)])
@@ -141,18 +149,43 @@ class Placement:
         if not self.dist.averages:
             torch._foreach_div_([g for grads, _, _ in started for g in grads], float(self.dist.world_size))
 
-    def start_classifier_reduce(self) -> list:
-        """reduce="overlap", after the classifier's backward pass: its all-reduces started, one per
-        bucket (NCCL: on NCCL's stream, beside the convolutions' backward pass). Returns what
-        `finish_reduce` waits on."""
-        return [self._start(b, wait=False) for b in buckets([p.grad for p in self.late_params if p.grad is not None])]
+    def start_classifier_reduce(self):
+        """reduce="overlap" or "shard", after the classifier's backward pass: its all-reduces started,
+        one per bucket (shard: its reduce-scatter; NCCL: on NCCL's stream, beside the convolutions'
+        backward pass). Returns what `finish_reduce` waits on."""
+        late = self.late_params if self.shards is None else self.shards.whole
+        started = [self._start(b, wait=False) for b in buckets([p.grad for p in late if p.grad is not None])]
+        return started if self.shards is None else (started, self.shards.start_reduce())
 
-    def finish_reduce(self, started: list) -> None:
-        """reduce="overlap", after the convolutions' backward pass: their gradients all-reduced (one
-        bucket for the paper's net: 9 MB), the classifier's waited for, every gradient the mean over
-        the processes (DDP's)."""
+    def finish_reduce(self, started) -> None:
+        """reduce="overlap" or "shard", after the convolutions' backward pass: their gradients
+        all-reduced (one bucket for the paper's net: 9 MB), the classifier's waited for, every gradient
+        (shard: this rank's share of the classifier's) the mean over the processes (DDP's)."""
         early = [p.grad for p in self.early_params if p.grad is not None]
-        self._finish([self._start(b) for b in buckets(early)] + started)
+        whole, sharded = (started, None) if self.shards is None else started
+        self._finish([self._start(b) for b in buckets(early)] + whole)
+        if sharded is not None:
+            self.shards.finish_reduce(sharded)
+
+    def start_gather(self):
+        """reduce="shard", at the start of a step: the classifier's shares gathered (beside what runs
+        before the classifier); None otherwise."""
+        return None if self.shards is None else self.shards.start_gather()
+
+    def finish_gather(self, work) -> None:
+        if self.shards is not None:
+            self.shards.finish_gather(work)
+
+    def update_classifier(self, optimizer: torch.optim.Optimizer) -> None:
+        """reduce="shard", after the optimizer's step (which skipped the classifier): this rank's share."""
+        if self.shards is not None:
+            self.shards.update(optimizer)
+
+    def settle(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """reduce="shard": the classifier whole on every rank (weights; velocities too, given the
+        optimizer); collective. Nothing otherwise."""
+        if self.shards is not None:
+            self.shards.settle(optimizer)
 
     @property
     def columns(self) -> bool:
@@ -193,7 +226,10 @@ class Placement:
             return f"one column per process: column {self.dist.rank} on {self.devices[0]} of 2 processes"
         if self.kind == "ddp":
             how = "DDP" if self.reduce == "ddp" else "DDP's start, gradients all-reduced in the step"
-            if self.parts is not None:
+            if self.shards is not None:
+                how += (", the classifier's reduce-scattered during the convolutions' backward pass, its update "
+                        "shared out, the shares gathered during the next forward pass")
+            elif self.parts is not None:
                 how += ", the classifier's during the convolutions' backward pass"
             if self.low is not None:
                 how += ", in bf16"
@@ -245,6 +281,7 @@ class Placement:
         process: DDP sums the counts; one column per process runs every batch on both ranks (the
         forward pass is collective) and shares rank 0's result. `options`: those of `evaluate_split`."""
         if self.kind == "ddp":
+            self.settle()
             return evaluate_split(unwrap(self.model), part, mean, crop, crops, sum_=self.dist.sum_, **options)
         if self.kind == "columns-distributed":
             result = evaluate_split(_RootLogits(self.model), part, mean, crop, crops, **options)
@@ -266,9 +303,10 @@ class Placement:
         are in two processes."""
         if self.kind == "columns-distributed":
             sd = self.model.grouped_state_dict()
-        elif not self.dist.is_main:
-            return None
         else:
+            self.settle()
+            if not self.dist.is_main:
+                return None
             sd = self.model.grouped_state_dict() if self.kind == "columns" else unwrap(self.model).state_dict()
         return None if sd is None else {k: v.detach().cpu() for k, v in sd.items()}
 
@@ -276,7 +314,10 @@ class Placement:
         """The grouped model's optimizer state dict on rank 0 (None elsewhere); collective when the
         columns are in two processes."""
         if not self.columns:
-            return optimizer.state_dict() if self.dist.is_main else None
+            self.settle(optimizer)
+            if not self.dist.is_main:
+                return None
+            return optimizer.state_dict()
         if self.kind == "columns":
             named = merge_state_dicts(*(named_optimizer_state(c, optimizer) for c in self.model.columns))
         else:

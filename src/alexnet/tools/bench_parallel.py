@@ -51,11 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m alexnet.tools.bench_parallel", description=__doc__.split("\n\n")[0])
     p.add_argument("--form", choices=list(PARALLEL_FORMS), required=True)
     p.add_argument("--batches", type=int, nargs="+", default=[128, 256])
-    p.add_argument("--variants", nargs="+", choices=["eager", "compiled", "graphed", "graphed-step"],
+    p.add_argument("--variants", nargs="+", choices=["eager", "compiled", "graphed", "graphed-step", "graphed-shard"],
                    default=["eager", "compiled"],
                    help="graphed: one CUDA graph a step (data parallel: the classifier's all-reduces overlapped "
                         "with the convolutions' backward pass, as alexnet train does); graphed-step: data "
-                        "parallel with every all-reduce after the backward pass")
+                        "parallel with every all-reduce after the backward pass; graphed-shard: as graphed, "
+                        "the classifier's update shared out (--ddp-reduce shard)")
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--repeats", type=int, default=5)
@@ -78,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                 fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
                 placement = place(build_model("alexnet2012"), "columns" if args.form == "columns-2proc" else "data",
                                   dist, [device], "paper", fmt,
-                                  reduce={"graphed": "overlap", "graphed-step": "step"}.get(variant, "ddp"))
+                                  reduce={"graphed": "overlap", "graphed-step": "step",
+                                          "graphed-shard": "shard"}.get(variant, "ddp"))
                 placement.model.train()
                 fn = step_fn(placement, variant.split("-")[0], batch, device, seed=0 if args.form != "ddp" else dist.rank,
                              log=lambda *a: None)
