@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from alexnet.cli import main
-from alexnet.tools import bench, bench_data, bench_steps, timing
+from alexnet.tools import bench, bench_data, bench_parallel, bench_steps, timing
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +123,21 @@ def test_unknown_rows_and_forms_are_refused():
         bench.BenchConfig(device="cpu", rows=("step", "bogus")).resolved()
     with pytest.raises(ValueError, match="unknown forms"):
         bench.BenchConfig(device="cpu", forms=("alexnet2013",)).resolved()
+
+
+def test_the_torchrun_rows_time_what_train_runs():
+    """With "graphed" asked for, DDP is timed graphed (what `alexnet train` runs on GPUs) and with the
+    classifier's update shared out; --only takes the torchrun forms' own variants."""
+    cfg = bench.BenchConfig(device="cpu", variants=("eager", "compiled", "graphed")).resolved()
+    assert bench.parallel_variants(cfg, "ddp") == ["eager", "compiled", "graphed", "graphed-shard"]
+    assert bench.parallel_variants(cfg, "columns-2proc") == ["eager", "compiled", "graphed"]
+    cpu = bench.BenchConfig(device="cpu").resolved()
+    assert bench.parallel_variants(cpu, "ddp") == ["eager"]
+    only = bench.BenchConfig(device="cpu", only=("ddp:graphed-shard", "alexnet2012:eager")).resolved()
+    assert bench.plan_pairs(only, bench_parallel.PARALLEL_FORMS) == [("ddp", "graphed-shard")]
+    with pytest.raises(ValueError, match="FORM:VARIANT"):
+        bench.plan_pairs(bench.BenchConfig(device="cpu", only=("alexnet2012:graphed-shard",)).resolved(),
+                         bench_steps.FORMS)
 
 
 @pytest.mark.distributed

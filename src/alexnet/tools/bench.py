@@ -91,8 +91,9 @@ def plan_pairs(cfg: BenchConfig, forms) -> list[tuple[str, str]]:
     """The (form, variant) pairs to measure among `forms`: --only's, or every form x variant."""
     if cfg.only:
         pairs = [tuple(p.split(":", 1)) for p in cfg.only]
-        bad = [p for p in pairs if len(p) != 2 or p[1] not in bench_steps.VARIANTS
-               or p[0] not in {**bench_steps.FORMS, **bench_parallel.PARALLEL_FORMS}]
+        variants = {f: bench_steps.VARIANTS for f in bench_steps.FORMS} | \
+            {f: bench_parallel.VARIANTS for f in bench_parallel.PARALLEL_FORMS}
+        bad = [p for p in pairs if len(p) != 2 or p[1] not in variants.get(p[0], ())]
         if bad:
             raise ValueError(f"--only takes FORM:VARIANT pairs, not {bad}")
         return [p for p in pairs if p[0] in forms]
@@ -126,13 +127,22 @@ def step_rows(cfg: BenchConfig, device: torch.device, result: dict, save) -> Non
                 torch.cuda.empty_cache()
 
 
+def parallel_variants(cfg: BenchConfig, form: str) -> list[str]:
+    """The variants of a torchrun form to time: --only's, else the asked-for variants; with "graphed",
+    DDP is timed as `alexnet train` runs it on GPUs (graphed, the classifier's all-reduces overlapped)
+    and with the classifier's update shared out (graphed-shard)."""
+    if cfg.only:
+        return [v for f, v in plan_pairs(cfg, bench_parallel.PARALLEL_FORMS) if f == form]
+    variants = [v for v in cfg.variants if v in ("eager", "compiled", "graphed")] or ["eager"]
+    return variants + ["graphed-shard"] if form == "ddp" and "graphed" in variants else variants
+
+
 def parallel_rows(cfg: BenchConfig, device: torch.device, result: dict, save) -> None:
     if device.type == "cuda" and torch.cuda.device_count() < 2:
         cfg.log("parallel: needs two GPUs; skipped")
         return
     for form in bench_parallel.PARALLEL_FORMS:
-        variants = [v for f, v in plan_pairs(cfg, bench_parallel.PARALLEL_FORMS) if f == form] if cfg.only else \
-            [v for v in cfg.variants if v in ("eager", "compiled")] or ["eager"]
+        variants = parallel_variants(cfg, form)
         if not variants:
             continue
         cfg.log(f"{form} ({bench_parallel.PARALLEL_FORMS[form]}), {', '.join(variants)}, batches "

@@ -23,8 +23,9 @@ from alexnet.parallel.placement import place
 from alexnet.tools.bench_steps import step_fn
 from alexnet.tools.timing import Timer, measure, profile_breakdown, rate
 
-__all__ = ["PARALLEL_FORMS", "run_under_torchrun", "main"]
+__all__ = ["PARALLEL_FORMS", "VARIANTS", "run_under_torchrun", "main"]
 
+VARIANTS = ("eager", "compiled", "graphed", "graphed-step", "graphed-shard")
 PARALLEL_FORMS = {"columns-2proc": "the two columns, one process per GPU (torchrun, NCCL)",
                   "ddp": "data parallel, 2 processes (torchrun), the batch per process"}
 
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m alexnet.tools.bench_parallel", description=__doc__.split("\n\n")[0])
     p.add_argument("--form", choices=list(PARALLEL_FORMS), required=True)
     p.add_argument("--batches", type=int, nargs="+", default=[128, 256])
-    p.add_argument("--variants", nargs="+", choices=["eager", "compiled", "graphed", "graphed-step", "graphed-shard"],
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS),
                    default=["eager", "compiled"],
                    help="graphed: one CUDA graph a step (data parallel: the classifier's all-reduces overlapped "
                         "with the convolutions' backward pass, as alexnet train does); graphed-step: data "
