@@ -378,14 +378,14 @@ def test_the_shared_out_classifier_update_equals_the_overlapped_all_reduce(shape
     order, and halving is exact; a stale slice would show), on three to rounding (3 divides the fc
     weights, sharded, not the 4,096 biases, all-reduced whole); and a run resumed from its step-2
     checkpoint (which gathers the slices) continues it exactly."""
-    args = ["--data", str(shapes224), "--arch", "alexnet2012", "--batch-per-process", "2", "--epochs", "1",
+    base = ["--data", str(shapes224), "--arch", "alexnet2012", "--batch-per-process", "2", "--epochs", "1",
             "--deterministic", "--no-progress", "--device", "cpu", "--eval-batch-size", "4", "--test-crops", "1",
-            "--recipe", "cuda-convnet", "--max-steps", "3"]   # two parameter groups: biases' own rate and decay
-    out = _same_runs(args, "shard", "overlap", tmp_path / "two", atol=0, rtol=0)
+            "--recipe", "cuda-convnet"]                      # two parameter groups: biases' own rate and decay
+    out = _same_runs([*base, "--max-steps", "3"], "shard", "overlap", tmp_path / "two", atol=0, rtol=0)
     assert "its update shared out" in out
-    _same_runs(args, "shard", "overlap", tmp_path / "three", nproc=3)
-    _torchrun(2, [*args[:-1], "2", "--ddp-reduce", "shard", "--out", str(tmp_path / "r")])
-    _torchrun(2, [*args, "--ddp-reduce", "shard", "--out", str(tmp_path / "r"), "--resume"])
+    _same_runs([*base, "--max-steps", "3"], "shard", "overlap", tmp_path / "three", nproc=3)
+    _torchrun(2, [*base, "--max-steps", "2", "--ddp-reduce", "shard", "--out", str(tmp_path / "r")])
+    _torchrun(2, [*base, "--max-steps", "3", "--ddp-reduce", "shard", "--out", str(tmp_path / "r"), "--resume"])
     a, b = load_checkpoint(tmp_path / "r" / "last.pt"), load_checkpoint(tmp_path / "two" / "shard" / "last.pt")
     _assert_weights_close(a["model"], b["model"], atol=0, rtol=0)
     _assert_weights_close({i: s["velocity"] for i, s in a["optimizer"]["state"].items()},

@@ -187,11 +187,13 @@ def test_ctrl_c_stops_within_seconds_and_resumes(tmp_path):
     src = _photos(tmp_path / "src", 600, size=(300, 400))
     out = tmp_path / "out"
     # 0.1 s a chunk in the main process (75 chunks: at least 7.5 s), so that Ctrl-C always lands in the
-    # middle of the run: on a fast machine the whole job once ended before the signal arrived.
+    # middle of the run. Ctrl-C's handler set as a terminal gives it: a shell running the tests in the
+    # background (`pytest &`) starts them with SIGINT ignored, and the child would inherit that.
     script = textwrap.dedent(f"""
-        import time
+        import signal, time
         from alexnet.data.prepare import prepare
         if __name__ == "__main__":
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             prepare({str(src)!r}, {str(out)!r}, size=64, workers=2, chunk_size=8, progress=False,
                     on_chunk=lambda split, chunk: time.sleep(0.1))
     """)
