@@ -140,6 +140,23 @@ class DistributedContext:
         process) it makes the sum and the caller divides by the process count."""
         return self.enabled and self.device.type == "cuda"
 
+    @property
+    def _mean_op(self):
+        return td.ReduceOp.AVG if self.averages else td.ReduceOp.SUM
+
+    @staticmethod
+    def wait(works) -> None:
+        """Wait for the works the `wait=False` collectives returned (None: nothing to wait for)."""
+        for work in works:
+            if work is not None:
+                work.wait()
+
+    def finish_mean_(self, tensors: list[torch.Tensor]) -> None:
+        """After `reduce_` or `reduce_scatter_` are done: where the collective made the sum (gloo), the
+        mean, by dividing by the process count; nothing where it made the mean itself."""
+        if self.enabled and not self.averages:
+            torch._foreach_div_(tensors, float(self.world_size))
+
     def reduce_(self, tensor: torch.Tensor, wait: bool = True):
         """Start (or, with `wait`, do) an in-place all-reduce towards the mean over processes: the mean
         itself where `averages` (no separate division pass over the gradients), else the sum. Returns
@@ -147,8 +164,7 @@ class DistributedContext:
         stream wait for it, so a CUDA graph can hold both."""
         if not self.enabled:
             return None
-        op = td.ReduceOp.AVG if self.averages else td.ReduceOp.SUM
-        work = td.all_reduce(tensor, op=op, async_op=not wait)
+        work = td.all_reduce(tensor, op=self._mean_op, async_op=not wait)
         return None if wait else work
 
     def reduce_scatter_(self, share: torch.Tensor, tensor: torch.Tensor, wait: bool = True):
@@ -157,8 +173,7 @@ class DistributedContext:
         if not self.enabled:
             share.copy_(tensor)
             return None
-        op = td.ReduceOp.AVG if self.averages else td.ReduceOp.SUM
-        work = td.reduce_scatter_tensor(share, tensor, op=op, async_op=not wait)
+        work = td.reduce_scatter_tensor(share, tensor, op=self._mean_op, async_op=not wait)
         return None if wait else work
 
     def all_gather_(self, tensor: torch.Tensor, wait: bool = True):

@@ -47,6 +47,7 @@ from alexnet.parallel.shard import ClassifierShards
 __all__ = ["Placement", "place", "REDUCES", "buckets"]
 
 REDUCES = ("ddp", "step", "overlap", "shard")
+STEP_REDUCES = REDUCES[1:]  # the gradients reduced by the step itself (not DDP's wrapper)
 REDUCE_DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 
 BUCKET_BYTES = 25 * 2**20  # the step's all-reduce buckets: DDP's default size
@@ -109,7 +110,7 @@ class Placement:
             late = {id(p) for p in model.classifier_parameters()}
             self.late_params = [p for p in model.parameters() if id(p) in late]
             self.early_params = [p for p in model.parameters() if id(p) not in late]
-        if self.reduce in ("step", "overlap", "shard"):
+        if self.reduce in STEP_REDUCES:
             dist.broadcast_(list(model.state_dict().values()))      # rank 0's start, as DDP's wrapper does
         if self.reduce == "shard" and self.parts is not None:
             self.shards = ClassifierShards(self.late_params, dist)
@@ -120,7 +121,7 @@ class Placement:
         """reduce="step" (or "overlap" for a network without parts): every gradient made the mean over
         the processes, as DDP's reducer makes it (NCCL's AVG, or the sum divided by the process count).
         Called by the step after backward."""
-        if self.reduce not in ("step", "overlap", "shard") or self.parts is not None:
+        if self.reduce not in STEP_REDUCES or self.parts is not None:
             return
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         self._finish([self._start(b) for b in buckets(grads)])
@@ -136,9 +137,7 @@ class Placement:
     def _finish(self, started: list) -> None:
         """Wait for the all-reduces `_start` started, copy bf16 or flattened results back into the
         gradients, and (where the collective made the sum: gloo) divide by the process count."""
-        for _, _, work in started:
-            if work is not None:
-                work.wait()
+        self.dist.wait([work for _, _, work in started])
         for grads, buf, _ in started:
             if len(grads) == 1:
                 if buf is not grads[0]:
@@ -146,8 +145,7 @@ class Placement:
             else:
                 views = [v.view_as(g) for v, g in zip(buf.split([g.numel() for g in grads]), grads)]
                 torch._foreach_copy_(grads, views)
-        if not self.dist.averages:
-            torch._foreach_div_([g for grads, _, _ in started for g in grads], float(self.dist.world_size))
+        self.dist.finish_mean_([g for grads, _, _ in started for g in grads])
 
     def start_classifier_reduce(self):
         """reduce="overlap" or "shard", after the classifier's backward pass: its all-reduces started,

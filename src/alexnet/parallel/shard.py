@@ -60,12 +60,8 @@ class ClassifierShards:
     def finish_reduce(self, started: tuple[list, list]) -> None:
         """This rank's slice of each mean gradient (the collective's mean, or its sum divided); the whole
         gradients dropped, so that the optimizer's own step skips these parameters."""
-        _, works = started
-        for work in works:
-            if work is not None:
-                work.wait()
-        if not self.dist.averages and self.dist.enabled:
-            torch._foreach_div_(self.grad_shares, float(self.dist.world_size))
+        self.dist.wait(started[1])
+        self.dist.finish_mean_(self.grad_shares)
         for p in self.sharded:
             p.grad = None
 
@@ -94,11 +90,8 @@ class ClassifierShards:
         """Every rank's slices of the weights into this rank's weights, in place (the works to wait on)."""
         return self._gather(self.sharded, wait=False)
 
-    @staticmethod
-    def finish_gather(works: list) -> None:
-        for work in works:
-            if work is not None:
-                work.wait()
+    def finish_gather(self, works: list) -> None:
+        self.dist.wait(works)
 
     @torch.no_grad()
     def settle(self, optimizer: torch.optim.Optimizer | None = None) -> None:
