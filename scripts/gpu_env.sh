@@ -25,3 +25,31 @@ photo_tree() {  # DEST: the sample photos (.carry/imagenet-sample) as an image-f
     b=$(basename "$f"); w=${b%%_*}; mkdir -p "$1/train/$w"; ln -s "$PWD/$f" "$1/train/$w/$b"
   done
 }
+jpeg_store() {  # COUNT: the GPU decoders (.whl/) on PYTHONPATH and a JPEG-90 replica store /tmp/rep of COUNT train images
+  python -m pip install -q --no-deps --no-index --target /tmp/nvpkgs .whl/*.whl > /dev/null 2>&1
+  export PYTHONPATH=/tmp/nvpkgs:$PYTHONPATH
+  timeout 150 python -c "from alexnet.data.replica import make_replica_store as m; m('.carry/imagenet-sample', '/tmp/rep', count=$1, progress=False)" > /dev/null 2>&1
+  stamp "store: $? $(du -sh /tmp/rep | cut -f1)"
+}
+run_all() {  # RUNS (lines "name|gpus|data|options"), each one `alexnet train` process on REP's data, while
+  # more than 40 s of LIMIT (seconds from the script's start) is left, each for at most RUN_LIMIT seconds
+  while IFS='|' read -r name gpus data args; do
+    [ -z "$name" ] && continue
+    local left=$(( ${LIMIT:-520} - ($(date +%s) - T0) ))
+    if [ $left -lt 40 ]; then stamp "$name: skipped, ${left} s left"; continue; fi
+    train "$name" $(( left < ${RUN_LIMIT:-90} ? left : ${RUN_LIMIT:-90} )) "${ONE[@]}" "${REP[@]}" $args
+  done <<< "$1"
+}
+with_mps() {  # RUNS: run_all with NVIDIA's MPS daemon running (GPU worker processes' kernels beside training's)
+  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
+  mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
+  if nvidia-cuda-mps-control -d; then
+    stamp "MPS daemon started"
+    run_all "$1"
+    echo quit | nvidia-cuda-mps-control; sleep 1
+    stamp "MPS daemon stopped"
+  else
+    stamp "MPS daemon did not start: $(command -v nvidia-cuda-mps-control || echo not found)"
+  fi
+  unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+}

@@ -12,7 +12,7 @@ import sys
 
 
 def main(runs: str) -> None:
-    print(f"{'run':<13}{'GPUs':>5}{'epoch':>6}{'img/s':>10}{'epoch s':>9}{'warm-up s':>10}{'loss':>8}{'val %':>7}  options")
+    print(f"{'run':<13}{'GPUs':>5}{'epoch':>6}{'img/s':>10}{'epoch s':>9}{'warm-up s':>10}{'loss':>8}{'val %':>7}{'GPU dec':>8}  options")
     for line in runs.splitlines():
         if not line.strip():
             continue
@@ -27,7 +27,8 @@ def main(runs: str) -> None:
         for r in map(json.loads, metrics.read_text().splitlines()):
             print(f"{name:<13}{gpus:>5}{r.get('epoch', 0):>6}{r['images_per_second']:>10,.0f}{r['seconds']:>9.2f}"
                   f"{r.get('warmup_seconds') or 0:>10.1f}{r.get('train_loss', float('nan')):>8.4f}"
-                  f"{100 * r.get('val_top1_error', float('nan')):>7.2f}  {options}")
+                  f"{100 * r.get('val_top1_error', float('nan')):>7.2f}"
+                  f"{'-' if 'gpu_decoded_share' not in r else format(r['gpu_decoded_share'], '.0%'):>8}  {options}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import torch
 
 from conftest import random_image, write_image
 
-from alexnet.data.feeder import DEPTH, GPU_AHEAD, Feeder
+from alexnet.data.feeder import DEPTH, GPU_AHEAD, GPU_DEPTH, Feeder
 from alexnet.data.loader import BatchLoader
 from alexnet.data.prepare import prepare
 from alexnet.data.prepared import PreparedData
@@ -138,20 +138,23 @@ def test_gpu_workers(stores, decode, workers, gpu_workers):
     with Feeder(split, 8, workers=workers, gpu_workers=gpu_workers, decode=decode, **kw) as feeder:
         assert (feeder.workers, feeder.gpu_workers, feeder.gpu_decoder) == (workers, gpu_workers, "torchvision")
         assert len(feeder.pids()) == workers + gpu_workers
-        from alexnet.run import describe_feeder
-
-        assert describe_feeder(feeder) == (
+        assert feeder.describe() == (
             "JPEG store decoded on the GPU by 2 GPU workers (torchvision decoder)" if decode == "cuda" else
-            "JPEG store decoded by 2 worker processes and 1 GPU worker (torchvision decoder), each batch by the "
-            "first free")
+            "JPEG store decoded by 2 worker processes and 1 GPU worker (torchvision decoder), GPU workers first")
         for epoch in (0, 1):
             want = batches(BatchLoader(split, 8, epoch=epoch, workers=0, **kw))
             assert_same(batches(feeder.epoch(epoch)), want)
         assert_same(batches(feeder.epoch(1, start_batch=5)), want[5:])
-        # room for each GPU worker to run ahead of the batch the loop waits for (GPU_AHEAD)
-        assert feeder._ring.slots == (workers + gpu_workers) * DEPTH + feeder.prefetch + 2 + gpu_workers * GPU_AHEAD
+        # room for each GPU worker's queue (GPU_DEPTH) and to run ahead of the batch the loop waits for (GPU_AHEAD)
+        queued = workers * DEPTH + gpu_workers * GPU_DEPTH
+        assert feeder._ring.slots == queued + feeder.prefetch + 2 + gpu_workers * GPU_AHEAD
+        # every batch was filled by some worker, and the GPU workers' share is counted
+        assert sum(feeder.filled) == 2 * len(want) + len(want) - 5
+        share = feeder.gpu_share()
+        assert share == sum(feeder.filled[workers:]) / sum(feeder.filled)
+        assert share == 1.0 if decode == "cuda" else 0 < share < 1
     with Feeder(split, 8, workers=workers, gpu_workers=gpu_workers, decode=decode, gpu_ahead=0, **kw) as feeder:
-        assert feeder._ring.slots == (workers + gpu_workers) * DEPTH + feeder.prefetch + 2
+        assert feeder._ring.slots == queued + feeder.prefetch + 2
         assert_same(batches(feeder.epoch(0)), batches(BatchLoader(split, 8, epoch=0, workers=0, **kw)))
     with pytest.raises(ValueError, match="gpu_ahead"):
         Feeder(split, 8, workers=workers, gpu_workers=gpu_workers, decode=decode, gpu_ahead=-1)
@@ -161,6 +164,108 @@ def test_gpu_workers(stores, decode, workers, gpu_workers):
         Feeder(split, 8, workers=workers, gpu_workers=0, decode=decode)
     with pytest.raises(ValueError, match="workers"):
         Feeder(split, 8, workers=1 - min(workers, 1), decode=decode)  # CPU workers with cuda, none with mixed
+
+
+def test_a_gpu_worker_keeps_its_batches_in_flight(stores, monkeypatch):
+    """A GPU worker submits each batch it is given without waiting for the earlier ones to be
+    decoded, and answers each only once its pixels are in, oldest first (the worker's loop run in a
+    thread here, with a decoder that finishes when the test says so)."""
+    import threading
+    from multiprocessing import Pipe
+
+    from alexnet.data import feeder_worker
+    from alexnet.data import format as F
+    from alexnet.data import gpu_decode
+    from alexnet.data.ring import Ring, SlotLayout
+
+    split = split_of(stores, "jpeg")
+    off = split.offsets()
+    submitted, gates = [], [threading.Event(), threading.Event()]
+
+    class Pending:
+        def __init__(self, gate):
+            self.gate = gate
+
+        def ready(self):
+            return self.gate.is_set()
+
+        def wait(self):
+            assert self.gate.wait(10)
+
+    class FakeGpu:
+        def __init__(self, ring, source, device, decoder):
+            pass
+
+        def submit(self, ring, slot, rows):
+            submitted.append((slot, ring.lengths(slot, len(rows)).tolist()))
+            return Pending(gates[len(submitted) - 1])
+
+    monkeypatch.setattr(gpu_decode, "GpuDecoding", FakeGpu)
+    monkeypatch.setattr(feeder_worker, "worker_setup", lambda: None)  # signals: main thread only
+    ring = Ring(2, SlotLayout(8, 24, pixels=True, blob=8 * int(np.diff(off).max())))
+    source = {"kind": "jpeg", "path": str(split.path), "size": 24, "cpu_decoder": "auto",
+              "offsets": str(split.data.path / F.offsets_file(split.name))}
+    ours, theirs = Pipe(duplex=True)
+    worker = threading.Thread(target=feeder_worker.main,
+                              args=(9, theirs, ring.handle(), source, os.getpid(), {"device": "cpu", "decoder": "auto"}))
+    worker.start()
+    try:
+        assert ours.recv()[0] == "ready"
+        rows = [np.arange(8), np.arange(8, 16)]
+        for b in (0, 1):
+            ours.send((1, b, b, rows[b], np.full(8, b + 3)))
+        deadline = time.monotonic() + 10
+        while len(submitted) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # both batches in flight at once, with their JPEG bytes in their slots
+        assert submitted == [(b, np.diff(off)[rows[b][0]: rows[b][-1] + 1].tolist()) for b in (0, 1)]
+        assert not ours.poll(0.2)  # neither is decoded: no answer
+        gates[1].set()
+        assert not ours.poll(0.2)  # the second is, but answers keep the order of the tasks
+        gates[0].set()
+        assert [ours.recv() for _ in range(2)] == [("done", 9, 1, 0, 0), ("done", 9, 1, 1, 1)]
+        assert ring.labels(0, 8).tolist() == [3] * 8 and ring.labels(1, 8).tolist() == [4] * 8
+    finally:
+        for g in gates:
+            g.set()
+        ours.send(None)
+        worker.join(10)
+        ring.close()
+    assert not worker.is_alive()
+
+
+def test_auto_decode_picks_gpu_workers_only_where_measured_faster(stores, monkeypatch, tmp_path):
+    """decode="auto": mixed (GPU workers beside CPU workers) only for a JPEG store on a CUDA device with
+    nvImageCodec, one training process and fewer than 24 cores; CPU decoding everywhere else. GPU
+    workers: 3 where the MPS daemon runs, else 1."""
+    from alexnet.data import gpu_decode, procs
+
+    monkeypatch.setattr(gpu_decode, "nvimgcodec_available", lambda: True)
+    monkeypatch.setattr(procs, "usable_cores", lambda: 16)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    resolve = gpu_decode.resolve_decode
+    assert resolve("cuda:0", "jpeg") == ("mixed", "auto: 16 cores, nvImageCodec installed")
+    assert resolve("cuda:0", "jpeg", "torchvision")[0] == "cpu"  # nvJPEG on the SMs: not faster
+    assert resolve("cpu", "jpeg") == ("cpu", "auto: not on a GPU")
+    assert resolve("cuda:0", "raw")[0] == "cpu"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert resolve("cuda:0", "jpeg")[0] == "cpu"
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    monkeypatch.setattr(procs, "usable_cores", lambda: 32)
+    assert resolve("cuda:0", "jpeg") == ("cpu", "auto: 32 cores decode enough")
+    monkeypatch.setattr(gpu_decode, "nvimgcodec_available", lambda: False)
+    monkeypatch.setattr(procs, "usable_cores", lambda: 16)
+    assert "not installed" in resolve("cuda:0", "jpeg")[1]
+
+    monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", str(tmp_path))
+    assert not gpu_decode.mps_running() and gpu_decode.default_gpu_workers() == 1
+    (tmp_path / "control").touch()  # the daemon's control pipe
+    assert gpu_decode.mps_running() and gpu_decode.default_gpu_workers() == 3
+
+    with Feeder(split_of(stores, "jpeg"), 8, workers=1, decode="auto") as feeder:  # on the CPU: CPU workers
+        assert (feeder.decode, feeder.gpu_workers, feeder.decode_why) == ("cpu", 0, "auto: not on a GPU")
+        assert feeder.describe() == "1 worker process, JPEG store decoded on the CPU (simplejpeg) (auto: not on a GPU)"
+        assert feeder.gpu_share() is None
 
 
 def test_jpeg_pixels_close_to_raw(stores):

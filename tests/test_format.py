@@ -113,4 +113,7 @@ def test_loader_bench_runs(image_tree, tmp_path, capsys):
     out = prepare(image_tree, tmp_path / "p", size=16, workers=1, progress=False, encoding="jpeg")
     rows = measure(out, batch=4, workers_list=(0, 1), seconds=0.2)
     assert [r["workers"] for r in rows] == [0, 1] and all(r["images_per_s"] > 0 for r in rows)
+    # the cores each kind of process kept busy (from /proc): none for workers that do not exist
+    assert rows[0]["cores_main"] > 0 and rows[0]["cores_cpu_workers"] == 0
+    assert rows[1]["cores_cpu_workers"] > 0 and rows[1]["cores_gpu_workers"] == 0
     assert "jpeg q90" in capsys.readouterr().out

@@ -110,15 +110,17 @@ class TrainConfig:
     loader_workers: int | None = option(None, "loader worker processes (default: the cores this process can "
                                                "spare on a GPU, none on the CPU; 0: in the training process)",
                                         resume="apply", group="running")
-    decode: str = option("cpu", "JPEG stores: decode on the loader's cores (cpu), on the GPU by GPU workers "
-                                "(cuda), or both, each batch by whichever worker is free (mixed)",
-                         choices=("cpu", "cuda", "mixed"), resume="apply", group="running")
+    decode: str = option("auto", "JPEG stores: decode on the loader's cores (cpu), on the GPU by GPU workers "
+                                 "(cuda), or both, each batch to a free worker (mixed); auto: mixed with "
+                                 "nvImageCodec, one process and < 24 cores (measured faster there), else cpu",
+                         choices=("auto", "cpu", "cuda", "mixed"), resume="apply", group="running")
     cpu_decoder: str = option("auto", "the loader workers' JPEG decoder: simplejpeg or torchvision (both "
                                       "libjpeg-turbo, the same pixels; simplejpeg has less overhead); auto: "
                                       "simplejpeg when installed", choices=("auto", "simplejpeg", "torchvision"),
                               resume="apply", group="running")
-    gpu_workers: int = option(1, "decode cuda or mixed: GPU worker processes per training process (each decodes "
-                                 "whole batches on the training GPU)", resume="apply", group="running")
+    gpu_workers: int | None = option(None, "decode cuda or mixed: GPU worker processes per training process "
+                                           "(each decodes whole batches on the training GPU; default: 3 where "
+                                           "NVIDIA MPS runs, else 1)", resume="apply", group="running")
     gpu_decoder: str = option("auto", "decoding on the GPU: nvimgcodec (the GPU's hardware JPEG engines; "
                                       "pip install alexnet[gpu-decode]), torchvision (nvJPEG on the SMs); "
                                       "auto: nvimgcodec when installed", choices=("auto", "nvimgcodec", "torchvision"),
@@ -168,10 +170,10 @@ def check(cfg: TrainConfig) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, not {getattr(cfg, name)}")
     if cfg.cpu_decoder == "simplejpeg" and not _installed("simplejpeg"):
         raise ConfigError("--cpu-decoder simplejpeg: simplejpeg is not installed (pip install simplejpeg)")
-    if cfg.decode != "cpu" and cfg.gpu_decoder == "nvimgcodec" and not _installed("nvidia.nvimgcodec"):
+    if cfg.decode in ("cuda", "mixed") and cfg.gpu_decoder == "nvimgcodec" and not _installed("nvidia.nvimgcodec"):
         raise ConfigError("--gpu-decoder nvimgcodec: nvImageCodec is not installed "
                           "(pip install alexnet[gpu-decode])")
-    if cfg.decode != "cpu" and cfg.gpu_workers < 1:
+    if cfg.decode != "cpu" and cfg.gpu_workers is not None and cfg.gpu_workers < 1:
         raise ConfigError(f"--decode {cfg.decode} needs --gpu-workers of at least 1, not {cfg.gpu_workers}")
     if not 0.0 < cfg.val_fraction < 1.0:
         raise ConfigError(f"--val-fraction must be in (0, 1), not {cfg.val_fraction}")

@@ -23,6 +23,7 @@ from alexnet.checkpoint import CheckpointKeeper
 from alexnet.config import FIELDS, TrainConfig, merge_for_resume, resolve
 from alexnet.data.augment import Augment, input_scale
 from alexnet.data.feeder import Feeder
+from alexnet.data.gpu_decode import mps_running
 from alexnet.data.splits import open_prepared, split_train_val
 from alexnet.errors import ConfigError, DataError, TrainingDiverged
 from alexnet.models import build_model, get_arch, model_options
@@ -182,7 +183,7 @@ def _setup(cfg: TrainConfig, log, stop, given, dist: DistributedContext) -> Run:
     run_dir = Path(cfg.out)
     devices = _devices(cfg, dist)
     device = devices[0]                          # where batches are read and augmented
-    if cfg.decode != "cpu" and device.type != "cuda":
+    if cfg.decode in ("cuda", "mixed") and device.type != "cuda":
         raise ConfigError(f"--decode {cfg.decode} decodes on a CUDA device; this run is on {device} (leave it out)")
     if cfg.cuda_graphs and device.type != "cuda":
         raise ConfigError(f"--cuda-graphs needs a CUDA device; this run is on {device} (leave it out, or "
@@ -380,21 +381,12 @@ def _describe(run: Run, lr: float, log) -> None:
     log(f"device: {' + '.join(str(d) for d in placement.devices)}{' x' + str(dist.world_size) if dist.enabled else ''}"
         f", {'bf16 autocast' if run.amp else 'fp32'}, {speed}, batch {run.global_batch} (per process "
         f"{run.local_batch}), lr {lr:g}, {cfg.epochs} epochs -> {run.run_dir}")
-    log(f"loader: {describe_feeder(run.train_feeder)}")
+    log(f"loader: {run.train_feeder.describe()}")
+    if run.train_feeder.gpu_workers and run.device.type == "cuda" and not mps_running():
+        log("loader: the GPU time-slices the GPU workers' kernels with training's (separate processes); "
+            "with NVIDIA MPS running (nvidia-cuda-mps-control -d) they run side by side, and 3 GPU workers "
+            "are the default")
     if parallel is not None:
         log(f"parallel: {placement.describe()}")
         for line in format_run_accounting(parallel):
             log(line)
-
-
-def describe_feeder(feeder) -> str:
-    """One line: where the training batches are read and decoded."""
-    procs = f"{feeder.workers} worker processes" if feeder.workers else "threads of the training process"
-    if feeder.split.encoding != "jpeg":
-        return f"{procs}, {feeder.split.encoding} store"
-    if feeder.decode == "cpu":
-        return f"{procs}, JPEG store decoded on the CPU ({feeder.cpu_decoder})"
-    gpu = f"{feeder.gpu_workers} GPU worker{'s' if feeder.gpu_workers > 1 else ''} ({feeder.gpu_decoder} decoder)"
-    if feeder.decode == "cuda":
-        return f"JPEG store decoded on the GPU by {gpu}"
-    return f"JPEG store decoded by {procs} and {gpu}, each batch by the first free"

@@ -147,6 +147,9 @@ def end_epoch(run: Run, epoch: int, stall: _Stall) -> dict:
                "val_top5_error": val["top5_error"], "val_images": val["images"], "seconds": seconds,
                "images_per_second": (stats["images"] - stats["warmup_images"]) / seconds if seconds > 0 else 0.0,
                "warmup_seconds": stats["warmup_seconds"], "complete": complete}
+    share = run.train_feeder.gpu_share()
+    if share is not None:
+        metrics["gpu_decoded_share"] = share  # of the batches so far
     best = val["top1_error"] < run.best_error
     run.best_error = min(run.best_error, val["top1_error"])
     if complete and run.schedule.should_drop(epoch + 1, val["top1_error"]):
@@ -167,7 +170,7 @@ def end_epoch(run: Run, epoch: int, stall: _Stall) -> dict:
             "compilation and warm-up, not counted)") if metrics["warmup_seconds"] else ""
     run.log(f"epoch {epoch + 1}: train loss {train_loss:.4f} top-1 err {train_err:.4f} | val top-1 err "
             f"{val['top1_error']:.4f} top-5 err {val['top5_error']:.4f} | {metrics['images_per_second']:,.0f} img/s, "
-            f"{seconds:.1f} s{warm}")
+            f"{seconds:.1f} s{warm}" + ("" if share is None else f", {share:.0%} of batches decoded by GPU workers"))
     if stall.epoch(val["top1_error"], stats_batches, val["images"]):
         raise TrainingDiverged(f"validation error has stayed at chance ({stall.chance_error:.3f}) for "
                                f"{stall.flat_epochs} epochs ({stall.flat_steps} steps): the network is not learning. "

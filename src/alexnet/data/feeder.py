@@ -17,7 +17,8 @@ The consumer's stream waits on the copy's event (and ``record_stream`` keeps the
 copied. ``decode="cuda"``: ``gpu_workers`` GPU workers decode every batch on the training GPU
 (:mod:`alexnet.data.gpu_decode`: the hardware JPEG engines through nvImageCodec, or nvJPEG) and
 put the pixels in the slot. ``decode="mixed"``: CPU and GPU workers together; each batch goes to
-the least busy worker, so the GPU workers take as much as their speed allows. (On a CPU device,
+a GPU worker while one has room (GPU_DEPTH batches; GPU decoding costs the CPU far less), else to
+the least busy CPU worker, so the GPU workers take as much as their speed allows. (On a CPU device,
 for tests, a GPU worker decodes on the CPU.)
 
 Order, sharding and resuming are those of :mod:`alexnet.data.order`. An error in a worker (a
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 
 from alexnet.data.decode import store_jpeg_decoder
-from alexnet.data.gpu_decode import GPU_DECODERS, resolve_gpu_decoder
+from alexnet.data.gpu_decode import GPU_DECODERS, default_gpu_workers, resolve_decode, resolve_gpu_decoder
 from alexnet.data.handoff import on_current_stream
 from alexnet.data.inprocess import InProcessLoader
 from alexnet.data.order import epoch_shards, num_batches
@@ -42,11 +43,13 @@ from alexnet.data.ring import Ring, SlotLayout
 from alexnet.data.workers import WorkerPool, default_workers
 from alexnet.errors import DataError
 
-__all__ = ["Feeder", "DECODES", "default_workers"]
+__all__ = ["Feeder", "DECODES", "DEPTH", "GPU_DEPTH", "default_workers"]
 
-DECODES = ("cpu", "cuda", "mixed")
+DECODES = ("auto", "cpu", "cuda", "mixed")
 DEPTH = 2  # batches queued per worker, so that none waits for the training process
-GPU_WORKERS = 1  # GPU worker processes per Feeder with decode="cuda" or "mixed"
+# Batches queued per GPU worker: it keeps them all in flight (reading and submitting one while the GPU
+# decodes and copies back the others), so its decoder never waits for its CPU side or for us.
+GPU_DEPTH = 4
 # Slots of the ring each GPU worker may fill ahead of the batch the training process waits for.
 # Batches are used in order, and a CPU worker takes ~DEPTH x 0.15 s for its batches of 256, so a GPU
 # worker (~40 batches/s) finishes many batches while an earlier one is still being decoded on a CPU;
@@ -61,8 +64,10 @@ class Feeder:
     ``workers``: processes (None: :func:`default_workers`, which is 0 on the CPU; 0: no processes,
     each epoch is an in-process :class:`~alexnet.data.loader.BatchLoader`, so one code path serves
     CPU and GPU runs). ``prefetch``: batches copied to the device ahead of use. ``decode``: where a
-    JPEG store is decoded: ``"cpu"``, ``"cuda"`` or ``"mixed"``; ``gpu_workers`` (default 1, and 0
-    for ``"cpu"``) GPU worker processes with ``gpu_decoder``; ``cpu_decoder``: the CPU workers'
+    JPEG store is decoded: ``"cpu"``, ``"cuda"`` or ``"mixed"``, or ``"auto"``
+    (:func:`alexnet.data.gpu_decode.resolve_decode`: mixed where that was measured to be faster);
+    ``gpu_workers`` (default :func:`~alexnet.data.gpu_decode.default_gpu_workers`: 3 where NVIDIA MPS
+    runs, else 1; 0 for ``"cpu"``) GPU worker processes with ``gpu_decoder``; ``cpu_decoder``: the CPU workers'
     JPEG decoder (:func:`alexnet.data.decode.store_jpeg_decoder`). ``gpu_ahead``: ring slots per GPU
     worker for the batches it finishes before an earlier one is ready (see GPU_AHEAD; 0: none).
     """
@@ -76,9 +81,12 @@ class Feeder:
         if decode not in DECODES:
             raise ValueError(f"unknown decode {decode!r}: {', '.join(DECODES)}")
         self.device = torch.device(device)
+        self.decode_why = None  # why "auto" chose what it chose
+        if decode == "auto":
+            decode, self.decode_why = resolve_decode(self.device, split.encoding, gpu_decoder)
         if decode != "cpu" and split.encoding != "jpeg":
             raise ValueError(f"decode={decode!r} needs a JPEG store")
-        self.gpu_workers = 0 if decode == "cpu" else (GPU_WORKERS if gpu_workers is None else int(gpu_workers))
+        self.gpu_workers = 0 if decode == "cpu" else (default_gpu_workers() if gpu_workers is None else int(gpu_workers))
         if decode != "cpu" and self.gpu_workers < 1:
             raise ValueError(f"decode={decode!r} needs at least one GPU worker, got {self.gpu_workers}")
         if gpu_decoder not in GPU_DECODERS:
@@ -129,12 +137,14 @@ class Feeder:
         source, longest = self._source()
         layout = SlotLayout(max(1, local_batch), self.split.size, pixels=True,
                             blob=max(1, local_batch) * longest if self.gpu_workers else 0)
-        self._ring = Ring(self._all * DEPTH + self.prefetch + 2 + self.gpu_workers * self.gpu_ahead, layout)
+        self._depth = [DEPTH] * self.workers + [GPU_DEPTH] * self.gpu_workers
+        self._ring = Ring(sum(self._depth) + self.prefetch + 2 + self.gpu_workers * self.gpu_ahead, layout)
         self._free = deque(range(self._ring.slots))
         self._releasing: deque = deque()  # (event or None, slot): given back once the copy is done
         self._ready: dict[int, int] = {}  # batch -> slot, filled for this generation
         self._todo: deque = deque()  # (batch, rows, labels) not yet sent to a worker
         self._busy = [0] * self._all
+        self.filled = [0] * self._all  # batches each worker has filled (CPU workers first), for reports
         self._cuda = self.device.type == "cuda"
         self._stream = torch.cuda.Stream(self.device) if self._cuda else None
         self._staging: deque = deque()
@@ -181,6 +191,26 @@ class Feeder:
     def closed(self) -> bool:
         return not self._finalizer.alive
 
+    def describe(self) -> str:
+        """One line: where the training batches are read and decoded."""
+        procs = (f"{self.workers} worker process{'es' if self.workers > 1 else ''}" if self.workers
+                 else "threads of the training process")
+        if self.split.encoding != "jpeg":
+            return f"{procs}, {self.split.encoding} store"
+        why = f" ({self.decode_why})" if self.decode_why else ""
+        if self.decode == "cpu":
+            return f"{procs}, JPEG store decoded on the CPU ({self.cpu_decoder}){why}"
+        gpu = f"{self.gpu_workers} GPU worker{'s' if self.gpu_workers > 1 else ''} ({self.gpu_decoder} decoder)"
+        if self.decode == "cuda":
+            return f"JPEG store decoded on the GPU by {gpu}{why}"
+        return f"JPEG store decoded by {procs} and {gpu}, GPU workers first{why}"
+
+    def gpu_share(self) -> float | None:
+        """The share of the batches filled so far that GPU workers decoded (None: no GPU workers)."""
+        if not self.gpu_workers:
+            return None
+        return sum(self.filled[self.workers:]) / max(1, sum(self.filled))
+
     def pids(self) -> list[int]:
         return self._pool.pids() if self._all else []
 
@@ -211,9 +241,12 @@ class Feeder:
 
     def _dispatch(self) -> None:
         while self._todo and self._free:
-            w = min(range(self._all), key=self._busy.__getitem__)  # ties: the first, a CPU worker
-            if self._busy[w] >= DEPTH:
-                return
+            room = [w for w in range(self.workers, self._all) if self._busy[w] < GPU_DEPTH]
+            if not room:  # no GPU worker has room: the least busy CPU worker
+                room = [w for w in range(self.workers) if self._busy[w] < DEPTH]
+                if not room:
+                    return
+            w = min(room, key=self._busy.__getitem__)
             b, rows, labels = self._todo.popleft()
             self._pool.send(w, (self._gen, b, self._free.popleft(), rows, labels))
             self._busy[w] += 1
@@ -233,6 +266,7 @@ class Feeder:
                 self._failed[b] = DataError(*problem)
             else:
                 self._ready[b] = slot
+                self.filled[w] += 1
 
     def _wait(self, b: int) -> int:
         """The slot of batch ``b`` of this generation, once a worker has filled it."""

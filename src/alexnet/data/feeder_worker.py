@@ -16,6 +16,7 @@ Sources (a dict, see :func:`reader`):
 from __future__ import annotations
 
 import os
+from collections import deque
 
 import numpy as np
 
@@ -102,7 +103,9 @@ def _problem(e: BaseException, source: dict) -> tuple[str, str]:
 
 def main(wid: int, conn, handle: RingHandle, source: dict, parent: int, gpu: dict | None = None) -> None:
     """The worker's life: attach, say ready, fill slots until told to stop. ``gpu``: this is a GPU
-    worker (``{"device": ..., "decoder": ...}``)."""
+    worker (``{"device": ..., "decoder": ...}``), which keeps every batch it has been given in flight
+    at once: it reads and submits the next batch while the GPU decodes and copies back the earlier
+    ones, and answers each in turn once its pixels are in the ring."""
     worker_setup()
     try:
         ring = Ring.attach(handle)
@@ -116,23 +119,32 @@ def main(wid: int, conn, handle: RingHandle, source: dict, parent: int, gpu: dic
     except BaseException as e:
         conn.send(("error", wid, None, None, None) + _problem(e, source))
         return
+    pending: deque = deque()  # (reply, Decoded): a GPU worker's batches in flight, oldest first
     while True:
         try:
-            if not conn.poll(1.0):
+            while pending and pending[0][1].ready():
+                conn.send(pending.popleft()[0])
+            if pending and not conn.poll(0):  # nothing new to start: finish the oldest
+                reply, decoded = pending.popleft()
+                decoded.wait()
+                conn.send(reply)
+                continue
+            if not pending and not conn.poll(1.0):
                 if not _alive(parent):
                     return
                 continue
             task = conn.recv()
-        except (EOFError, OSError):  # the training process is gone
+        except (EOFError, OSError):  # the training process (or its end of the pipe) is gone
             return
         if task is None:
             return
         gen, b, slot, rows, labels = task
         try:
             read.fill(ring, slot, rows, bytes_only=on_gpu is not None)
-            if on_gpu is not None:
-                on_gpu.fill(ring, slot, rows)
             ring.labels(slot, len(labels)).numpy()[:] = labels
+            if on_gpu is not None:
+                pending.append((("done", wid, gen, b, slot), on_gpu.submit(ring, slot, rows)))
+                continue
             reply = ("done", wid, gen, b, slot)
         except Exception as e:
             reply = ("error", wid, gen, b, slot) + _problem(e, source)

@@ -26,7 +26,8 @@ import torch
 
 from alexnet.errors import DataError
 
-__all__ = ["GPU_DECODERS", "GpuDecoding", "gpu_decoder", "nvimgcodec_available", "resolve_gpu_decoder"]
+__all__ = ["GPU_DECODERS", "Decoded", "GpuDecoding", "default_gpu_workers", "gpu_decoder", "mps_running",
+           "nvimgcodec_available", "resolve_decode", "resolve_gpu_decoder"]
 
 GPU_DECODERS = ("auto", "nvimgcodec", "torchvision")
 
@@ -53,6 +54,49 @@ def resolve_gpu_decoder(name: str, device) -> str:
     if name != "auto":
         return name
     return "nvimgcodec" if torch.device(device).type == "cuda" and nvimgcodec_available() else "torchvision"
+
+
+# ``decode="auto"``: GPU workers beside the CPU workers ("mixed") where that was measured to be faster
+# than CPU decoding alone: one training process per machine with fewer than AUTO_MIXED_BELOW_CORES cores,
+# nvImageCodec installed. On an H200 with 16 cores (docs/RESULTS.md, sixth session) one GPU worker gave
+# 1-12% more images/s end to end than CPU decoding at batch 256 and 2% more at 128, and three GPU workers
+# under NVIDIA MPS 10-13% more again; with 32 cores CPU decoding alone kept one H200 at 94% of its step.
+AUTO_MIXED_BELOW_CORES = 24
+GPU_WORKERS_WITH_MPS = 3  # GPU workers by default where the MPS daemon runs, else 1
+
+
+def mps_running() -> bool:
+    """Whether NVIDIA's Multi-Process Service daemon is running for this process's CUDA clients (its
+    control pipe exists). Without it the GPU time-slices the GPU workers' kernels with training's
+    (each process is its own CUDA context); with it they run side by side."""
+    import os
+
+    return os.path.exists(os.path.join(os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps"), "control"))
+
+
+def default_gpu_workers() -> int:
+    return GPU_WORKERS_WITH_MPS if mps_running() else 1
+
+
+def resolve_decode(device, encoding: str, gpu_decoder: str = "auto") -> tuple[str, str]:
+    """What ``decode="auto"`` means here: ("mixed" or "cpu", why). Mixed only for a JPEG store on a
+    CUDA device, with nvImageCodec's hardware decoder, one training process on this machine and
+    fewer than AUTO_MIXED_BELOW_CORES cores (where it was measured to beat CPU decoding alone)."""
+    import os
+
+    from alexnet.data.procs import usable_cores
+
+    device = torch.device(device)
+    if encoding != "jpeg" or device.type != "cuda":
+        return "cpu", "auto: nothing to decode on a GPU" if encoding != "jpeg" else "auto: not on a GPU"
+    if resolve_gpu_decoder(gpu_decoder, device) != "nvimgcodec":
+        return "cpu", "auto: nvImageCodec is not installed (pip install alexnet[gpu-decode])"
+    if int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1:
+        return "cpu", "auto: several training processes on this machine (GPU workers not measured there)"
+    cores = usable_cores()
+    if cores >= AUTO_MIXED_BELOW_CORES:
+        return "cpu", f"auto: {cores} cores decode enough"
+    return "mixed", f"auto: {cores} cores, nvImageCodec installed"
 
 
 class NvImageCodec:
@@ -145,7 +189,10 @@ class GpuDecoding:
             self.registered = ring.register_cuda()
         self.decoder = gpu_decoder(decoder, self.device)
 
-    def fill(self, ring, slot: int, rows) -> None:
+    def submit(self, ring, slot: int, rows) -> "Decoded":
+        """Start decoding the JPEG bytes in ``slot``'s blob into its images; returns at once on a GPU
+        (the pixels are in the slot once ``Decoded.wait()`` returns), after the work on the CPU stand-in.
+        A batch that does not decode raises a DataError naming the image."""
         n, S = len(rows), self.size
         lengths = ring.lengths(slot, n)
         parts = list(ring.blob(slot)[: int(lengths.sum())].split(lengths.tolist()))
@@ -161,12 +208,33 @@ class GpuDecoding:
                     raise DataError(self.path, f"image {int(row)} is {tuple(im.shape)} (HWC), expected "
                                                f"({S}, {S}, 3); prepare the data again")
             dst = ring.images(slot, n)  # (n,S,S,3) in the shared ring
-            if self.cuda:
-                dst.copy_(torch.stack(images), non_blocking=self.registered)
-                # Wait without spinning (CUDA's default spins a core, which the CPU workers need).
-                done = torch.cuda.Event(blocking=True)
-                done.record(self.stream)
-                done.synchronize()
-            else:
+            if not self.cuda:
                 torch.stack(images, out=dst)
-        del owners  # the decoder's buffers: free once the copy is done
+                return Decoded(None, None)
+            stacked = torch.stack(images)
+            dst.copy_(stacked, non_blocking=self.registered)
+            # Waited on without spinning (CUDA's default spins a core, which the CPU workers need).
+            done = torch.cuda.Event(blocking=True)
+            done.record(self.stream)
+        return Decoded(done, (owners, images, stacked))  # the decoder's buffers live until the copy is done
+
+    def fill(self, ring, slot: int, rows) -> None:
+        """Decode ``slot``'s JPEG bytes into its images and wait until the pixels are there."""
+        self.submit(ring, slot, rows).wait()
+
+
+class Decoded:
+    """A batch being decoded (and copied back) on the GPU: ``ready()`` without waiting, ``wait()``."""
+
+    __slots__ = ("event", "keep")
+
+    def __init__(self, event, keep):
+        self.event, self.keep = event, keep
+
+    def ready(self) -> bool:
+        return self.event is None or self.event.query()
+
+    def wait(self) -> None:
+        if self.event is not None:
+            self.event.synchronize()
+        self.event = self.keep = None

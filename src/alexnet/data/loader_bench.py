@@ -12,6 +12,7 @@ error (mean absolute error and PSNR against the raw pixels) and encode/decode ra
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from pathlib import Path
 
@@ -45,6 +46,8 @@ def _loader_rate(split, batch: int, workers: int, decode: str, device, seconds: 
         if cuda:
             torch.cuda.synchronize()
         startup = time.perf_counter() - t0
+        pids = feeder.pids() if feeder is not None else []
+        cpu0, filled0 = _cpu_seconds([os.getpid()] + pids), list(feeder.filled) if pids else []
         images, e, t1 = 0, 0, time.perf_counter()
         while time.perf_counter() - t1 < seconds:
             for x, y in it:
@@ -58,10 +61,29 @@ def _loader_rate(split, batch: int, workers: int, decode: str, device, seconds: 
         if cuda:
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - t1
+        cores = [(b - a) / elapsed for a, b in zip(cpu0, _cpu_seconds([os.getpid()] + pids))]
+        by_worker = [b - a for a, b in zip(filled0, feeder.filled)] if pids else []
     finally:
         if feeder is not None:
             feeder.close()
-    return {"images_per_s": images / elapsed, "startup_s": startup, "images": images}
+    w = workers if feeder is not None else 0
+    return {"images_per_s": images / elapsed, "startup_s": startup, "images": images,
+            "cores_main": cores[0] if cores else None, "cores_cpu_workers": sum(cores[1 : 1 + w]) if cores else None,
+            "cores_gpu_workers": sum(cores[1 + w :]) if cores else None,
+            "gpu_share": sum(by_worker[w:]) / max(1, sum(by_worker)) if by_worker else 0.0}
+
+
+def _cpu_seconds(pids: list[int]) -> list[float]:
+    """CPU time (user + system, all threads) of each process so far, from /proc (0.0 where absent)."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    out = []
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            out.append((int(fields[11]) + int(fields[12])) / tick)  # utime, stime
+        except (OSError, IndexError, ValueError):
+            out.append(0.0)
+    return out
 
 
 def measure(path, batch: int = 256, workers_list=(0, 2, 4, 8, 14), decode_modes=("cpu", "cuda", "mixed"),
@@ -82,7 +104,8 @@ def measure(path, batch: int = 256, workers_list=(0, 2, 4, 8, 14), decode_modes=
     rows = []
     print(f"loader alone: {path} split {split}: {len(sp):,} images {data.size}x{data.size}, {sp.encoding}"
           f"{'' if sp.quality is None else f' q{sp.quality}'}, batch {batch}, device {device}, {seconds:.0f} s each")
-    print(f"{'workers':>7} {'decode':>22} {'images/s':>10} {'MB/s in':>8} {'start s':>7}")
+    print(f"{'workers':>7} {'decode':>22} {'images/s':>10} {'MB/s in':>8} {'start s':>7} {'GPU share':>9} "
+          f"{'cores: main':>11} {'CPU wk':>6} {'GPU wk':>6}")
     per_image = data.size * data.size * 3 if sp.encoding == "raw" else float(np.diff(sp.offsets()).mean())
     for decode in decode_modes:
         if decode != "cpu" and (sp.encoding != "jpeg" or torch.device(device).type != "cuda"):
@@ -98,8 +121,11 @@ def measure(path, batch: int = 256, workers_list=(0, 2, 4, 8, 14), decode_modes=
             rows.append(r)
             name = (f"{decode} +{g}gpu" if decode != "cpu" else decode) + (f" {cd}" if cd != "auto" else "")
             name += "" if ahead is None else f" ahead {ahead}"
+            cores = "".join("      -" if r[k] is None else f" {r[k]:>6.2f}"
+                            for k in ("cores_main", "cores_cpu_workers", "cores_gpu_workers"))
             print(f"{w:>7} {name:>22} {r['images_per_s']:>10,.0f} "
-                  f"{r['images_per_s'] * per_image / 1e6:>8,.0f} {r['startup_s']:>7.1f}", flush=True)
+                  f"{r['images_per_s'] * per_image / 1e6:>8,.0f} {r['startup_s']:>7.1f} {r['gpu_share']:>9.0%}"
+                  f"     {cores}", flush=True)
     return rows
 
 
