@@ -235,12 +235,13 @@ def test_a_gpu_worker_keeps_its_batches_in_flight(stores, monkeypatch):
 
 
 def test_auto_decode_picks_gpu_workers_only_where_measured_faster(stores, monkeypatch, tmp_path):
-    """decode="auto": mixed (GPU workers beside CPU workers) only for a JPEG store on a CUDA device with
+    """decode="auto": mixed (GPU workers beside CPU workers) only for a JPEG store on a Hopper GPU with
     nvImageCodec, one training process and fewer than 24 cores; CPU decoding everywhere else. GPU
     workers: 3 where the MPS daemon runs, else 1."""
     from alexnet.data import gpu_decode, procs
 
     monkeypatch.setattr(gpu_decode, "nvimgcodec_available", lambda: True)
+    monkeypatch.setattr(gpu_decode, "measured_gpu", lambda device: True)  # an H200
     monkeypatch.setattr(procs, "usable_cores", lambda: 16)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     resolve = gpu_decode.resolve_decode
@@ -248,6 +249,9 @@ def test_auto_decode_picks_gpu_workers_only_where_measured_faster(stores, monkey
     assert resolve("cuda:0", "jpeg", "torchvision")[0] == "cpu"  # nvJPEG on the SMs: not faster
     assert resolve("cpu", "jpeg") == ("cpu", "auto: not on a GPU")
     assert resolve("cuda:0", "raw")[0] == "cpu"
+    monkeypatch.setattr(gpu_decode, "measured_gpu", lambda device: False)  # not a Hopper GPU
+    assert resolve("cuda:0", "jpeg") == ("cpu", "auto: GPU decoding measured on H100/H200 only")
+    monkeypatch.setattr(gpu_decode, "measured_gpu", lambda device: True)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     assert resolve("cuda:0", "jpeg")[0] == "cpu"
     monkeypatch.delenv("LOCAL_WORLD_SIZE")

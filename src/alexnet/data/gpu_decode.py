@@ -26,8 +26,8 @@ import torch
 
 from alexnet.errors import DataError
 
-__all__ = ["GPU_DECODERS", "Decoded", "GpuDecoding", "default_gpu_workers", "gpu_decoder", "mps_running",
-           "nvimgcodec_available", "resolve_decode", "resolve_gpu_decoder"]
+__all__ = ["GPU_DECODERS", "Decoded", "GpuDecoding", "default_gpu_workers", "gpu_decoder", "measured_gpu",
+           "mps_running", "nvimgcodec_available", "resolve_decode", "resolve_gpu_decoder"]
 
 GPU_DECODERS = ("auto", "nvimgcodec", "torchvision")
 
@@ -57,8 +57,8 @@ def resolve_gpu_decoder(name: str, device) -> str:
 
 
 # ``decode="auto"``: GPU workers beside the CPU workers ("mixed") where that was measured to be faster
-# than CPU decoding alone: one training process per machine with fewer than AUTO_MIXED_BELOW_CORES cores,
-# nvImageCodec installed. On an H200 with 16 cores (docs/RESULTS.md, sixth session) one GPU worker gave
+# than CPU decoding alone: a Hopper GPU, one training process per machine with fewer than
+# AUTO_MIXED_BELOW_CORES cores, nvImageCodec installed. On an H200 with 16 cores (docs/RESULTS.md, sixth session) one GPU worker gave
 # 1-12% more images/s end to end than CPU decoding at batch 256 and 2% more at 128, and three GPU workers
 # under NVIDIA MPS 10-13% more again; with 32 cores CPU decoding alone kept one H200 at 94% of its step.
 AUTO_MIXED_BELOW_CORES = 24
@@ -78,10 +78,17 @@ def default_gpu_workers() -> int:
     return GPU_WORKERS_WITH_MPS if mps_running() else 1
 
 
+def measured_gpu(device) -> bool:
+    """Whether ``device`` is of the family whose JPEG engines were measured here: Hopper (H100, H200;
+    compute capability 9.x). Elsewhere nvImageCodec may have no engines and decode on the SMs."""
+    return torch.cuda.get_device_capability(device)[0] == 9
+
+
 def resolve_decode(device, encoding: str, gpu_decoder: str = "auto") -> tuple[str, str]:
     """What ``decode="auto"`` means here: ("mixed" or "cpu", why). Mixed only for a JPEG store on a
-    CUDA device, with nvImageCodec's hardware decoder, one training process on this machine and
-    fewer than AUTO_MIXED_BELOW_CORES cores (where it was measured to beat CPU decoding alone)."""
+    Hopper GPU (:func:`measured_gpu`), with nvImageCodec's hardware decoder, one training process on
+    this machine and fewer than AUTO_MIXED_BELOW_CORES cores (where it was measured to beat CPU
+    decoding alone)."""
     import os
 
     from alexnet.data.procs import usable_cores
@@ -91,6 +98,8 @@ def resolve_decode(device, encoding: str, gpu_decoder: str = "auto") -> tuple[st
         return "cpu", "auto: nothing to decode on a GPU" if encoding != "jpeg" else "auto: not on a GPU"
     if resolve_gpu_decoder(gpu_decoder, device) != "nvimgcodec":
         return "cpu", "auto: nvImageCodec is not installed (pip install alexnet[gpu-decode])"
+    if not measured_gpu(device):
+        return "cpu", "auto: GPU decoding measured on H100/H200 only"
     if int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1:
         return "cpu", "auto: several training processes on this machine (GPU workers not measured there)"
     cores = usable_cores()
