@@ -18,17 +18,16 @@ import torch
 
 from bench_gpu_decode import jpeg_parts
 
+from alexnet.data.gpu_decode import NvImageCodec
+
 
 def make(kinds: list[str]):
-    from nvidia import nvimgcodec as nv
-
-    backends = [nv.Backend(getattr(nv.BackendKind, k)) for k in kinds]
-    dec = nv.Decoder(device_id=0, max_num_cpu_threads=4, backends=backends)
-    params = nv.DecodeParams(apply_exif_orientation=False, color_spec=nv.ColorSpec.SRGB, allow_any_depth=False)
+    """The loader's nvImageCodec decoder with only these backends; a batch -> (stacked pixels, owners)."""
+    dec = NvImageCodec(torch.device("cuda", 0), threads=4, backends=kinds)
 
     def run(parts, stream):
-        ims = dec.decode([nv.CodeStream(p.numpy()) for p in parts], params=params, cuda_stream=stream.cuda_stream)
-        return torch.stack([torch.from_dlpack(i) for i in ims]), ims
+        images, owners = dec(parts, stream)
+        return torch.stack(images), owners
 
     return run
 
@@ -47,7 +46,7 @@ def decode_loop(run, parts, batch, stream, stop, counter):
     stream.synchronize()
 
 
-def matmul_rate(seconds: float, busy=None) -> float:
+def matmul_rate(seconds: float) -> float:
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     s = torch.cuda.Stream()
     n, t = 0, time.perf_counter()

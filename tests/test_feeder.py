@@ -153,6 +153,10 @@ def test_gpu_workers(stores, decode, workers, gpu_workers):
         share = feeder.gpu_share()
         assert share == sum(feeder.filled[workers:]) / sum(feeder.filled)
         assert share == 1.0 if decode == "cuda" else 0 < share < 1
+        before = list(feeder.filled)  # the share over one more epoch only
+        batches(feeder.epoch(0))
+        since = [n - m for n, m in zip(feeder.filled, before)]
+        assert sum(since) == len(want) and feeder.gpu_share(before) == sum(since[workers:]) / len(want)
     with Feeder(split, 8, workers=workers, gpu_workers=gpu_workers, decode=decode, gpu_ahead=0, **kw) as feeder:
         assert feeder._ring.slots == queued + feeder.prefetch + 2
         assert_same(batches(feeder.epoch(0)), batches(BatchLoader(split, 8, epoch=0, workers=0, **kw)))

@@ -382,7 +382,7 @@ def _describe(run: Run, lr: float, log) -> None:
         f", {'bf16 autocast' if run.amp else 'fp32'}, {speed}, batch {run.global_batch} (per process "
         f"{run.local_batch}), lr {lr:g}, {cfg.epochs} epochs -> {run.run_dir}")
     log(f"loader: {run.train_feeder.describe()}")
-    if run.train_feeder.gpu_workers and run.device.type == "cuda" and not mps_running():
+    if run.train_feeder.gpu_workers and not mps_running():  # GPU workers run on CUDA only
         log("loader: the GPU time-slices the GPU workers' kernels with training's (separate processes); "
             "with NVIDIA MPS running (nvidia-cuda-mps-control -d) they run side by side, and 3 GPU workers "
             "are the default")

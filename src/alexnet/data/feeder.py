@@ -205,11 +205,13 @@ class Feeder:
             return f"JPEG store decoded on the GPU by {gpu}{why}"
         return f"JPEG store decoded by {procs} and {gpu}, GPU workers first{why}"
 
-    def gpu_share(self) -> float | None:
-        """The share of the batches filled so far that GPU workers decoded (None: no GPU workers)."""
+    def gpu_share(self, since: list[int] | None = None) -> float | None:
+        """The share of the batches filled so far (or since ``since``, an earlier copy of ``filled``)
+        that GPU workers decoded (None: no GPU workers)."""
         if not self.gpu_workers:
             return None
-        return sum(self.filled[self.workers:]) / max(1, sum(self.filled))
+        done = [n - m for n, m in zip(self.filled, since or [0] * self._all)]
+        return sum(done[self.workers:]) / max(1, sum(done))
 
     def pids(self) -> list[int]:
         return self._pool.pids() if self._all else []
@@ -241,11 +243,12 @@ class Feeder:
 
     def _dispatch(self) -> None:
         while self._todo and self._free:
-            room = [w for w in range(self.workers, self._all) if self._busy[w] < GPU_DEPTH]
-            if not room:  # no GPU worker has room: the least busy CPU worker
-                room = [w for w in range(self.workers) if self._busy[w] < DEPTH]
-                if not room:
-                    return
+            for kind in (range(self.workers, self._all), range(self.workers)):  # GPU workers first
+                room = [w for w in kind if self._busy[w] < self._depth[w]]
+                if room:
+                    break
+            else:
+                return
             w = min(room, key=self._busy.__getitem__)
             b, rows, labels = self._todo.popleft()
             self._pool.send(w, (self._gen, b, self._free.popleft(), rows, labels))

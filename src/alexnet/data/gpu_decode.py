@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import warnings
 
 import torch
@@ -69,8 +70,6 @@ def mps_running() -> bool:
     """Whether NVIDIA's Multi-Process Service daemon is running for this process's CUDA clients (its
     control pipe exists). Without it the GPU time-slices the GPU workers' kernels with training's
     (each process is its own CUDA context); with it they run side by side."""
-    import os
-
     return os.path.exists(os.path.join(os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps"), "control"))
 
 
@@ -89,8 +88,6 @@ def resolve_decode(device, encoding: str, gpu_decoder: str = "auto") -> tuple[st
     Hopper GPU (:func:`measured_gpu`), with nvImageCodec's hardware decoder, one training process on
     this machine and fewer than AUTO_MIXED_BELOW_CORES cores (where it was measured to beat CPU
     decoding alone)."""
-    import os
-
     from alexnet.data.procs import usable_cores
 
     device = torch.device(device)
@@ -111,19 +108,20 @@ def resolve_decode(device, encoding: str, gpu_decoder: str = "auto") -> tuple[st
 class NvImageCodec:
     """nvImageCodec's decoder for one device: the hardware JPEG engines first, its CUDA decoder for
     what they refuse. ``__call__(parts, stream)`` -> list of (S,S,3) uint8 tensors (None: undecodable)
-    and the objects that own their memory (keep them until the stream has used the tensors)."""
+    and the objects that own their memory (keep them until the stream has used the tensors).
+    ``backends``: nvImageCodec ``BackendKind`` names, tried in order (benchmarks try them one by one)."""
 
     name = "nvimgcodec"
 
-    def __init__(self, device: torch.device, threads: int = 4):
+    def __init__(self, device: torch.device, threads: int = 4, backends=("HW_GPU_ONLY", "GPU_ONLY")):
         nv = _nvimgcodec()
         if nv is None:
             raise RuntimeError("nvImageCodec is not installed: pip install nvidia-nvimgcodec-cu13 nvidia-nvjpeg")
         index = device.index if device.index is not None else torch.cuda.current_device()
         self._nv = nv
         # Its CPU threads (0: one per core) prepare the engines' work; the loader's workers need the cores.
-        backends = [nv.Backend(nv.BackendKind.HW_GPU_ONLY), nv.Backend(nv.BackendKind.GPU_ONLY)]
-        self.decoder = nv.Decoder(device_id=index, max_num_cpu_threads=threads, backends=backends)
+        self.decoder = nv.Decoder(device_id=index, max_num_cpu_threads=threads,
+                                  backends=[nv.Backend(getattr(nv.BackendKind, b)) for b in backends])
         self.params = nv.DecodeParams(apply_exif_orientation=False, color_spec=nv.ColorSpec.SRGB,
                                       allow_any_depth=False)
 
@@ -226,10 +224,6 @@ class GpuDecoding:
             done = torch.cuda.Event(blocking=True)
             done.record(self.stream)
         return Decoded(done, (owners, images, stacked))  # the decoder's buffers live until the copy is done
-
-    def fill(self, ring, slot: int, rows) -> None:
-        """Decode ``slot``'s JPEG bytes into its images and wait until the pixels are there."""
-        self.submit(ring, slot, rows).wait()
 
 
 class Decoded:

@@ -46,8 +46,8 @@ def _loader_rate(split, batch: int, workers: int, decode: str, device, seconds: 
         if cuda:
             torch.cuda.synchronize()
         startup = time.perf_counter() - t0
-        pids = feeder.pids() if feeder is not None else []
-        cpu0, filled0 = _cpu_seconds([os.getpid()] + pids), list(feeder.filled) if pids else []
+        procs = [os.getpid()] + (feeder.pids() if feeder is not None else [])  # this process, then its workers
+        cpu0, filled0 = _cpu_seconds(procs), list(feeder.filled) if feeder is not None else None
         images, e, t1 = 0, 0, time.perf_counter()
         while time.perf_counter() - t1 < seconds:
             for x, y in it:
@@ -61,16 +61,15 @@ def _loader_rate(split, batch: int, workers: int, decode: str, device, seconds: 
         if cuda:
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - t1
-        cores = [(b - a) / elapsed for a, b in zip(cpu0, _cpu_seconds([os.getpid()] + pids))]
-        by_worker = [b - a for a, b in zip(filled0, feeder.filled)] if pids else []
+        cores = [(b - a) / elapsed for a, b in zip(cpu0, _cpu_seconds(procs))]
+        share = feeder.gpu_share(filled0) if feeder is not None else None
     finally:
         if feeder is not None:
             feeder.close()
     w = workers if feeder is not None else 0
-    return {"images_per_s": images / elapsed, "startup_s": startup, "images": images,
-            "cores_main": cores[0] if cores else None, "cores_cpu_workers": sum(cores[1 : 1 + w]) if cores else None,
-            "cores_gpu_workers": sum(cores[1 + w :]) if cores else None,
-            "gpu_share": sum(by_worker[w:]) / max(1, sum(by_worker)) if by_worker else 0.0}
+    return {"images_per_s": images / elapsed, "startup_s": startup, "images": images, "cores_main": cores[0],
+            "cores_cpu_workers": sum(cores[1 : 1 + w]), "cores_gpu_workers": sum(cores[1 + w :]),
+            "gpu_share": share or 0.0}
 
 
 def _cpu_seconds(pids: list[int]) -> list[float]:
@@ -121,8 +120,7 @@ def measure(path, batch: int = 256, workers_list=(0, 2, 4, 8, 14), decode_modes=
             rows.append(r)
             name = (f"{decode} +{g}gpu" if decode != "cpu" else decode) + (f" {cd}" if cd != "auto" else "")
             name += "" if ahead is None else f" ahead {ahead}"
-            cores = "".join("      -" if r[k] is None else f" {r[k]:>6.2f}"
-                            for k in ("cores_main", "cores_cpu_workers", "cores_gpu_workers"))
+            cores = "".join(f" {r[k]:>6.2f}" for k in ("cores_main", "cores_cpu_workers", "cores_gpu_workers"))
             print(f"{w:>7} {name:>22} {r['images_per_s']:>10,.0f} "
                   f"{r['images_per_s'] * per_image / 1e6:>8,.0f} {r['startup_s']:>7.1f} {r['gpu_share']:>9.0%}"
                   f"     {cores}", flush=True)
