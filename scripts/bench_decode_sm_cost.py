@@ -2,10 +2,12 @@
 alone, and how much it slows a GPU-saturating neighbour (bf16 matmuls on another stream of the same
 process, standing in for the training step) while it decodes as fast as it can.
 
-    PYTHONPATH=src python scripts/bench_decode_sm_cost.py STORE [--images 25600] [--seconds 4]
+    PYTHONPATH=src python scripts/bench_decode_sm_cost.py STORE [--images 25600] [--seconds 4] [--backends HW_GPU_ONLY]
 
 Backends: the hardware JPEG engines only, nvImageCodec's CUDA decoder only (on the SMs), and both
-(engines first: what the loader's GPU workers use). Prints a table last.
+(engines first: what the loader's GPU workers use); `--backends A[+B]` measures some of them (each
+set in its own process isolates failures: nvImageCodec 0.9.0's CUDA backend could not be created on
+the H200s, "Code: 7", alone too). Prints a table last.
 """
 
 from __future__ import annotations
@@ -65,18 +67,21 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=25_600)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--priority", type=int, default=0, help="the decoder stream's priority (-1: high)")
+    ap.add_argument("--backends", nargs="+", default=["HW_GPU_ONLY", "GPU_ONLY", "HW_GPU_ONLY+GPU_ONLY"],
+                    help="backend sets to measure, each KIND[+KIND] (nvImageCodec BackendKind names)")
     a = ap.parse_args()
     parts, size = jpeg_parts(a.store, "train", a.images)
     alone = matmul_rate(a.seconds)
     rows = []
-    for kinds in (["HW_GPU_ONLY"], ["GPU_ONLY"], ["HW_GPU_ONLY", "GPU_ONLY"]):
+    for kinds in (b.split("+") for b in a.backends):
         try:
             run = make(kinds)
-        except RuntimeError as e:  # seen on the H200 for the engines alone: "Could not create decoder. Code: 7"
+        except RuntimeError as e:  # the CUDA backend on the H200s: "Could not create decoder. Code: 7"
             rows.append(("+".join(kinds), None, None, None))
             print(rows[-1], e, flush=True)
             continue
-        stream = torch.cuda.Stream()
+        stream = torch.cuda.Stream(priority=a.priority)
         with torch.cuda.stream(stream):
             for i in range(3):
                 run(parts[i * a.batch : (i + 1) * a.batch], stream)
@@ -95,7 +100,7 @@ def main() -> None:
         rows.append(("+".join(kinds), solo, beside, mm / alone))
         print(rows[-1], flush=True)
     print(f"\n{torch.cuda.get_device_name(0)}: {len(parts):,} JPEGs {size}x{size} from {a.store}, lists of {a.batch}; "
-          f"neighbour: 8192^3 bf16 matmuls, {alone:,.0f}/s alone")
+          f"neighbour: 8192^3 bf16 matmuls, {alone:,.0f}/s alone; decoder stream priority {a.priority}")
     print(f"{'backends':<22}{'img/s alone':>12}{'img/s beside':>13}{'neighbour keeps':>16}")
     for name, solo, beside, keeps in rows:
         if solo is None:

@@ -6,11 +6,10 @@
 # and with shard, at 256 and 128 per GPU, all in this call (weak scaling from one call).
 # Ran once (RESULTS.md, fifth session): the test failed at its bound then (1e-5, below GPU run-to-run
 # noise; it now measures that noise), and the call's device time ran out before the 2 x 128 runs. For the
-# next call, as it is now: about 480 s on a fresh machine (LIMIT=420 gives the runs 420 s).
+# next call. Seventh session: the test moved to scripts/gpu_session7_checks.sh (it passed there); the
+# six runs alone, about 560 s.
 source scripts/gpu_env.sh
-timeout 200 python -m pytest -q -p no:cacheprovider tests/test_distributed.py -k "over_nccl" > "$OUT/test.txt" 2>&1
-stamp "shard test over NCCL: $(tail -1 "$OUT/test.txt")"
-export COUNT_RAW=144000 LIMIT=${LIMIT:-370} RUNS="D-1-256|1|RAW|--batch-size 256
+export COUNT_RAW=144000 LIMIT=${LIMIT:-560} RUNS="D-1-256|1|RAW|--batch-size 256
 S-2-256|2|RAW|--batch-per-process 256 --ddp-reduce shard
 D-2-256|2|RAW|--batch-per-process 256
 D-1-128|1|RAW|--batch-size 128
@@ -18,4 +17,4 @@ S-2-128|2|RAW|--batch-per-process 128 --ddp-reduce shard
 D-2-128|2|RAW|--batch-per-process 128"
 bash scripts/gpu_raw_scaling_and_mixed.sh > "$OUT/e2e.txt" 2>&1
 stamp "e2e done"
-grep -E "passed|failed|^E " "$OUT/test.txt" | head -8; grep -v "^\[" "$OUT/e2e.txt" | tail -22; grep "^\[" "$OUT/e2e.txt"
+grep -v "^\[" "$OUT/e2e.txt" | tail -22; grep "^\[" "$OUT/e2e.txt"

@@ -392,6 +392,17 @@ def test_the_shared_out_classifier_update_equals_the_overlapped_all_reduce(shape
                           {i: s["velocity"] for i, s in b["optimizer"]["state"].items()}, atol=0, rtol=0)
 
 
+def test_auto_reduce_shares_the_classifier_update_out_when_graphed_in_fp32():
+    """`--ddp-reduce auto`: shard for the CUDA-graphed step (measured fastest on two H200s), overlap
+    where the all-reduce is bf16 (shard is fp32 only), torch's DDP wrapper without graphs."""
+    from alexnet.parallel.placement import REDUCES, auto_reduce
+
+    assert auto_reduce(True) == auto_reduce(True, "fp32") == "shard"
+    assert auto_reduce(True, "bf16") == "overlap"
+    assert auto_reduce(False) == auto_reduce(False, "bf16") == "ddp"
+    assert {auto_reduce(g, d) for g in (True, False) for d in ("fp32", "bf16")} <= set(REDUCES)
+
+
 @pytest.mark.distributed
 @pytest.mark.gpu
 @TWO_GPUS
@@ -399,7 +410,9 @@ def test_the_shared_out_classifier_update_equals_the_overlap_over_nccl(shapes224
     """The same on two GPUs over NCCL (reduce-scatter with AVG, in-place all-gather), 3 eager fp32
     steps. cuDNN and TF32 make two identical GPU runs differ (2.5e-5 in conv1 once, 2026-11-30), so
     the bound is that noise floor, measured here: shard against overlap differs by at most 10x what
-    overlap against itself does (plus 1e-6), and by under 1e-3 (a stale slice: 2e-2 on the CPU)."""
+    overlap against itself does or by at most 1e-4 (rounding grown over 3 steps, where two overlap runs
+    happen to agree bit for bit), and always by under 1e-3 (a stale slice: 2e-2 on the CPU). Prints the
+    largest difference of each kind (`pytest -s`)."""
     args = ["--data", str(shapes224), "--arch", "alexnet2012", "--batch-per-process", "2", "--epochs", "1",
             "--max-steps", "3", "--no-progress", "--device", "cuda", "--no-compile", "--no-cuda-graphs",
             "--eval-batch-size", "4", "--test-crops", "1", "--precision", "fp32"]
@@ -409,12 +422,15 @@ def test_the_shared_out_classifier_update_equals_the_overlap_over_nccl(shapes224
         ckpt = load_checkpoint(tmp_path / name / "last.pt")
         runs[name] = {**ckpt["model"], **{f"v{i}": s["velocity"] for i, s in ckpt["optimizer"]["state"].items()}}
         assert reduce != "shard" or "its update shared out" in out
+    worst = {"shard": (0.0, ""), "again": (0.0, "")}
     for k, ref in runs["overlap"].items():
         if not ref.is_floating_point():
             continue
         noise = (runs["again"][k] - ref).abs().max().item()
         diff = (runs["shard"][k] - ref).abs().max().item()
-        assert diff <= 10 * noise + 1e-6 and diff < 1e-3, f"{k}: shard differs by {diff:.3g}, overlap by {noise:.3g}"
+        worst = {"shard": max(worst["shard"], (diff, k)), "again": max(worst["again"], (noise, k))}
+        assert diff <= max(10 * noise, 1e-4) and diff < 1e-3, f"{k}: shard differs by {diff:.3g}, overlap by {noise:.3g}"
+    print("largest difference from overlap: " + ", ".join(f"{n} {d:.3g} ({k})" for n, (d, k) in worst.items()))
 
 
 def test_the_bf16_all_reduce_rounds_each_gradient_to_bf16_and_keeps_the_overlap_order():

@@ -81,7 +81,8 @@ class TrainConfig:
                                      "gradients during the convolutions' backward pass; alexnet2012, else as "
                                      "step), shard (as overlap, the classifier's gradients reduce-scattered, "
                                      "each process updating its share, the shares gathered during the next "
-                                     "step's convolutions; fp32); auto: overlap when the step is a CUDA graph",
+                                     "step's convolutions; fp32); auto: shard when the step is a CUDA graph (overlap "
+                                     "with --ddp-reduce-dtype bf16), else ddp",
                              choices=("auto", "ddp", "step", "overlap", "shard"), resume="apply", group="running")
     ddp_reduce_dtype: str = option("fp32", "data parallel: the gradients' all-reduce in fp32 (the exact mean) or "
                                            "bf16 (half the bytes; each gradient rounded to bf16 on the way: a "

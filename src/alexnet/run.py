@@ -30,7 +30,7 @@ from alexnet.models import build_model, get_arch, model_options
 from alexnet.optim import PaperSGD, PlateauDrops, StepDrops, param_groups
 from alexnet.parallel.accounting import format_run_accounting, run_accounting
 from alexnet.parallel.distributed import DistributedContext
-from alexnet.parallel.placement import place
+from alexnet.parallel.placement import auto_reduce, place
 from alexnet.runtime import amp_dtype, apply_memory_cap, git_commit, hardware, resolve_device
 from alexnet.step import make_step
 
@@ -205,7 +205,7 @@ def _setup(cfg: TrainConfig, log, stop, given, dist: DistributedContext) -> Run:
     one_column_each = cfg.parallel == "columns" and dist.enabled
     graphs = cfg.cuda_graphs if cfg.cuda_graphs is not None else (
         device.type == "cuda" and (one_column_each or cfg.parallel == "data"))
-    reduce = cfg.ddp_reduce if cfg.ddp_reduce != "auto" else ("overlap" if graphs else "ddp")
+    reduce = cfg.ddp_reduce if cfg.ddp_reduce != "auto" else auto_reduce(graphs, cfg.ddp_reduce_dtype)
     placement = place(model, cfg.parallel, dist, devices, recipe, memory_format, reduce, cfg.ddp_reduce_dtype)
     amp = amp_dtype(cfg.precision, device)
     shard_rank, shards = placement.loader_shard

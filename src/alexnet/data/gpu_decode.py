@@ -64,6 +64,10 @@ def resolve_gpu_decoder(name: str, device) -> str:
 # under NVIDIA MPS 10-13% more again; with 32 cores CPU decoding alone kept one H200 at 94% of its step.
 AUTO_MIXED_BELOW_CORES = 24
 GPU_WORKERS_WITH_MPS = 3  # GPU workers by default where the MPS daemon runs, else 1
+# The GPU workers' stream priority (CUDA: lower is more urgent; 0 is the default, torch maps -1 to its
+# high priority). Beside a GPU-saturating neighbour the decoder's small kernels wait behind it; -1 was
+# measured and did not change that (RESULTS.md, seventh session), so the default stays.
+DECODE_STREAM_PRIORITY = 0
 
 
 def mps_running() -> bool:
@@ -191,7 +195,7 @@ class GpuDecoding:
         self.stream = None
         if self.cuda:
             torch.cuda.set_device(self.device)
-            self.stream = torch.cuda.Stream(self.device)
+            self.stream = torch.cuda.Stream(self.device, priority=DECODE_STREAM_PRIORITY)
             # The ring page-locked here too: the pixels go back with one asynchronous copy.
             self.registered = ring.register_cuda()
         self.decoder = gpu_decoder(decoder, self.device)

@@ -44,13 +44,22 @@ from alexnet.parallel.convert import (load_named_optimizer_state, merge_state_di
 from alexnet.parallel.distributed import DistributedContext
 from alexnet.parallel.shard import ClassifierShards
 
-__all__ = ["Placement", "place", "REDUCES", "buckets"]
+__all__ = ["Placement", "place", "REDUCES", "auto_reduce", "buckets"]
 
 REDUCES = ("ddp", "step", "overlap", "shard")
 STEP_REDUCES = REDUCES[1:]  # the gradients reduced by the step itself (not DDP's wrapper)
 REDUCE_DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 
 BUCKET_BYTES = 25 * 2**20  # the step's all-reduce buckets: DDP's default size
+
+
+def auto_reduce(graphs: bool, reduce_dtype: str = "fp32") -> str:
+    """`--ddp-reduce auto`: with the step a CUDA graph, "shard" (weak scaling 0.95-0.98 on two H200s
+    at 128 and 256 per GPU against 0.90-0.95 for "overlap", docs/RESULTS.md, seventh session) where the all-reduce is
+    fp32, "overlap" with bf16 (shard is fp32 only); without graphs, torch's DDP wrapper."""
+    if not graphs:
+        return "ddp"
+    return "shard" if reduce_dtype == "fp32" else "overlap"
 
 
 def buckets(tensors: list[torch.Tensor], limit: int = BUCKET_BYTES) -> list[list[torch.Tensor]]:

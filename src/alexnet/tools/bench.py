@@ -129,8 +129,8 @@ def step_rows(cfg: BenchConfig, device: torch.device, result: dict, save) -> Non
 
 def parallel_variants(cfg: BenchConfig, form: str) -> list[str]:
     """The variants of a torchrun form to time: --only's, else the asked-for variants; with "graphed",
-    DDP is timed as `alexnet train` runs it on GPUs (graphed, the classifier's all-reduces overlapped)
-    and with the classifier's update shared out (graphed-shard)."""
+    DDP is timed graphed with the classifier's all-reduces overlapped (graphed) and as `alexnet train`
+    runs it on GPUs, with the classifier's update shared out too (graphed-shard)."""
     if cfg.only:
         return [v for f, v in plan_pairs(cfg, bench_parallel.PARALLEL_FORMS) if f == form]
     variants = [v for v in cfg.variants if v in ("eager", "compiled", "graphed")] or ["eager"]

@@ -55,9 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS),
                    default=["eager", "compiled"],
                    help="graphed: one CUDA graph a step (data parallel: the classifier's all-reduces overlapped "
-                        "with the convolutions' backward pass, as alexnet train does); graphed-step: data "
+                        "with the convolutions' backward pass, --ddp-reduce overlap); graphed-step: data "
                         "parallel with every all-reduce after the backward pass; graphed-shard: as graphed, "
-                        "the classifier's update shared out (--ddp-reduce shard)")
+                        "the classifier's update shared out (--ddp-reduce shard: what alexnet train runs)")
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--repeats", type=int, default=5)
