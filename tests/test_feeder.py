@@ -240,14 +240,15 @@ def test_a_gpu_worker_keeps_its_batches_in_flight(stores, monkeypatch):
 
 def test_auto_decode_picks_gpu_workers_only_where_measured_faster(stores, monkeypatch, tmp_path):
     """decode="auto": mixed (GPU workers beside CPU workers) only for a JPEG store on a Hopper GPU with
-    nvImageCodec, one training process and fewer than 24 cores; CPU decoding everywhere else. GPU
-    workers: 3 where the MPS daemon runs, else 1."""
+    nvImageCodec, one training process, fewer than 24 cores and, without MPS, a batch of 256 per process;
+    CPU decoding everywhere else. GPU workers: 3 where the MPS daemon runs, else 1."""
     from alexnet.data import gpu_decode, procs
 
     monkeypatch.setattr(gpu_decode, "nvimgcodec_available", lambda: True)
     monkeypatch.setattr(gpu_decode, "measured_gpu", lambda device: True)  # an H200
     monkeypatch.setattr(procs, "usable_cores", lambda: 16)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", str(tmp_path))  # no MPS daemon
     resolve = gpu_decode.resolve_decode
     assert resolve("cuda:0", "jpeg") == ("mixed", "auto: 16 cores, nvImageCodec installed")
     assert resolve("cuda:0", "jpeg", "torchvision")[0] == "cpu"  # nvJPEG on the SMs: not faster
@@ -264,11 +265,15 @@ def test_auto_decode_picks_gpu_workers_only_where_measured_faster(stores, monkey
     monkeypatch.setattr(gpu_decode, "nvimgcodec_available", lambda: False)
     monkeypatch.setattr(procs, "usable_cores", lambda: 16)
     assert "not installed" in resolve("cuda:0", "jpeg")[1]
+    monkeypatch.setattr(gpu_decode, "nvimgcodec_available", lambda: True)
+    assert resolve("cuda:0", "jpeg", batch=256)[0] == resolve("cuda:0", "jpeg", batch=512)[0] == "mixed"
+    decode, why = resolve("cuda:0", "jpeg", batch=128)  # one GPU worker no faster there without MPS
+    assert decode == "cpu" and why.startswith("auto: batch 128 without NVIDIA MPS") and "-d" in why
 
-    monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", str(tmp_path))
     assert not gpu_decode.mps_running() and gpu_decode.default_gpu_workers() == 1
     (tmp_path / "control").touch()  # the daemon's control pipe
     assert gpu_decode.mps_running() and gpu_decode.default_gpu_workers() == 3
+    assert resolve("cuda:0", "jpeg", batch=128)[0] == "mixed"  # 3 GPU workers under MPS: +12% at 128
 
     with Feeder(split_of(stores, "jpeg"), 8, workers=1, decode="auto") as feeder:  # on the CPU: CPU workers
         assert (feeder.decode, feeder.gpu_workers, feeder.decode_why) == ("cpu", 0, "auto: not on a GPU")

@@ -113,8 +113,8 @@ class TrainConfig:
                                         resume="apply", group="running")
     decode: str = option("auto", "JPEG stores: decode on the loader's cores (cpu), on the GPU by GPU workers "
                                  "(cuda), or both, each batch to a free worker (mixed); auto: mixed with "
-                                 "nvImageCodec on an H100/H200, one process and < 24 cores (measured faster "
-                                 "there), else cpu",
+                                 "nvImageCodec on an H100/H200, one process, < 24 cores and a batch of 256 or "
+                                 "NVIDIA MPS running (measured faster there), else cpu",
                          choices=("auto", "cpu", "cuda", "mixed"), resume="apply", group="running")
     cpu_decoder: str = option("auto", "the loader workers' JPEG decoder: simplejpeg or torchvision (both "
                                       "libjpeg-turbo, the same pixels; simplejpeg has less overhead); auto: "

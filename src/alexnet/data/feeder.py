@@ -83,7 +83,8 @@ class Feeder:
         self.device = torch.device(device)
         self.decode_why = None  # why "auto" chose what it chose
         if decode == "auto":
-            decode, self.decode_why = resolve_decode(self.device, split.encoding, gpu_decoder)
+            decode, self.decode_why = resolve_decode(self.device, split.encoding, gpu_decoder,
+                                                     batch=batch_size // world_size)
         if decode != "cpu" and split.encoding != "jpeg":
             raise ValueError(f"decode={decode!r} needs a JPEG store")
         self.gpu_workers = 0 if decode == "cpu" else (default_gpu_workers() if gpu_workers is None else int(gpu_workers))

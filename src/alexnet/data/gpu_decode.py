@@ -63,6 +63,10 @@ def resolve_gpu_decoder(name: str, device) -> str:
 # 1-12% more images/s end to end than CPU decoding at batch 256 and 2% more at 128, and three GPU workers
 # under NVIDIA MPS 10-13% more again; with 32 cores CPU decoding alone kept one H200 at 94% of its step.
 AUTO_MIXED_BELOW_CORES = 24
+# Without MPS, one GPU worker was measured no faster at 128 images per process (+2% in the sixth
+# session, 0% / -7% in the seventh): below this batch auto keeps CPU decoding unless MPS runs (with it,
+# 3 GPU workers gave +12% at 128).
+AUTO_MIXED_MIN_BATCH_WITHOUT_MPS = 256
 GPU_WORKERS_WITH_MPS = 3  # GPU workers by default where the MPS daemon runs, else 1
 # The GPU workers' stream priority (CUDA: lower is more urgent; 0 is the default, torch maps -1 to its
 # high priority). Beside a GPU-saturating neighbour the decoder's small kernels wait behind it; -1 was
@@ -87,11 +91,12 @@ def measured_gpu(device) -> bool:
     return torch.cuda.get_device_capability(device)[0] == 9
 
 
-def resolve_decode(device, encoding: str, gpu_decoder: str = "auto") -> tuple[str, str]:
+def resolve_decode(device, encoding: str, gpu_decoder: str = "auto", batch: int | None = None) -> tuple[str, str]:
     """What ``decode="auto"`` means here: ("mixed" or "cpu", why). Mixed only for a JPEG store on a
     Hopper GPU (:func:`measured_gpu`), with nvImageCodec's hardware decoder, one training process on
-    this machine and fewer than AUTO_MIXED_BELOW_CORES cores (where it was measured to beat CPU
-    decoding alone)."""
+    this machine, fewer than AUTO_MIXED_BELOW_CORES cores, and, unless NVIDIA MPS runs, a ``batch``
+    (per process; None: not known) of at least AUTO_MIXED_MIN_BATCH_WITHOUT_MPS: where it was measured
+    to beat CPU decoding alone."""
     from alexnet.data.procs import usable_cores
 
     device = torch.device(device)
@@ -106,6 +111,9 @@ def resolve_decode(device, encoding: str, gpu_decoder: str = "auto") -> tuple[st
     cores = usable_cores()
     if cores >= AUTO_MIXED_BELOW_CORES:
         return "cpu", f"auto: {cores} cores decode enough"
+    if batch is not None and batch < AUTO_MIXED_MIN_BATCH_WITHOUT_MPS and not mps_running():
+        return "cpu", (f"auto: batch {batch} without NVIDIA MPS, where a GPU worker was measured no faster; "
+                       "with MPS running (nvidia-cuda-mps-control -d) 3 GPU workers join the CPU workers")
     return "mixed", f"auto: {cores} cores, nvImageCodec installed"
 
 
