@@ -15,12 +15,11 @@ done
 mkdir -p /tmp/prio
 echo "import alexnet.data.gpu_decode as g; g.DECODE_STREAM_PRIORITY = -1" > /tmp/prio/sitecustomize.py
 REP=(--data /tmp/rep --epochs 4 --val-split val --test-crops 1 --eval-batch-size 500 --stall-epochs 0 --batch-size 256 --decode mixed --gpu-workers 3)
-export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
-mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
-nvidia-cuda-mps-control -d && stamp "MPS daemon started"
-train mps-prio-high 85 env PYTHONPATH=/tmp/prio:$PYTHONPATH taskset -c 0-15 "${ONE[@]}" "${REP[@]}"
-train mps-prio-0 85 taskset -c 0-15 "${ONE[@]}" "${REP[@]}"
-echo quit | nvidia-cuda-mps-control; stamp "MPS daemon stopped"
+if mps_start; then
+  train mps-prio-high 85 env PYTHONPATH=/tmp/prio:$PYTHONPATH taskset -c 0-15 "${ONE[@]}" "${REP[@]}"
+  train mps-prio-0 85 taskset -c 0-15 "${ONE[@]}" "${REP[@]}"
+  mps_stop
+fi
 grep -E "^loader|rror" "$LOG" | sort | uniq -c
 grep -hE "^\(|Error|neighbour:" "$OUT"/sm_p*.txt
 python scripts/runs_table.py "mps-prio-high|1|priority -1

@@ -3,7 +3,8 @@
 # `stamp`, which prefixes a line with the seconds since the script started, and `train NAME LIMIT CMD...`,
 # which runs an `alexnet train` command (ONE: one process, TWO: torchrun on two GPUs) into
 # /tmp/runs/NAME under a time limit, its output appended to $LOG; `photo_tree DEST`, the sample photos as
-# an image-folder tree.
+# an image-folder tree; `raw_store`, `jpeg_store`: the stores the runs read; `run_all`, `with_mps`,
+# `mps_start`, `mps_stop`: runs, with or without NVIDIA's MPS daemon.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -25,6 +26,12 @@ photo_tree() {  # DEST: the sample photos (.carry/imagenet-sample) as an image-f
     b=$(basename "$f"); w=${b%%_*}; mkdir -p "$1/train/$w"; ln -s "$PWD/$f" "$1/train/$w/$b"
   done
 }
+raw_store() {  # COUNT: the sample photos prepared raw at 256 (/tmp/D0) and repeated to a store /tmp/D of COUNT images
+  photo_tree /tmp/photos
+  timeout 60 python -m alexnet prepare /tmp/photos /tmp/D0 --encoding raw >> "$LOG" 2>&1
+  timeout 120 python -c "from alexnet.tools.bench_data import replicate_prepared as r; print(r('/tmp/D0', '/tmp/D', $1))" >> "$LOG" 2>&1
+  stamp "raw store: $(du -sh /tmp/D | cut -f1)"
+}
 jpeg_store() {  # COUNT: the GPU decoders (.whl/) on PYTHONPATH and a JPEG-90 replica store /tmp/rep of COUNT train images
   python -m pip install -q --no-deps --no-index --target /tmp/nvpkgs .whl/*.whl > /dev/null 2>&1
   export PYTHONPATH=/tmp/nvpkgs:$PYTHONPATH
@@ -40,16 +47,19 @@ run_all() {  # RUNS (lines "name|gpus|data|options"), each one `alexnet train` p
     train "$name" $(( left < ${RUN_LIMIT:-90} ? left : ${RUN_LIMIT:-90} )) "${ONE[@]}" "${REP[@]}" $args
   done <<< "$1"
 }
-with_mps() {  # RUNS: run_all with NVIDIA's MPS daemon running (GPU worker processes' kernels beside training's)
+mps_start() {  # NVIDIA's MPS daemon (GPU worker processes' kernels beside training's); fails if it does not start
   export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
   mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
-  if nvidia-cuda-mps-control -d; then
-    stamp "MPS daemon started"
-    run_all "$1"
-    echo quit | nvidia-cuda-mps-control; sleep 1
-    stamp "MPS daemon stopped"
-  else
-    stamp "MPS daemon did not start: $(command -v nvidia-cuda-mps-control || echo not found)"
-  fi
+  if nvidia-cuda-mps-control -d; then stamp "MPS daemon started"; return 0; fi
+  stamp "MPS daemon did not start: $(command -v nvidia-cuda-mps-control || echo not found)"
   unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+  return 1
+}
+mps_stop() {
+  echo quit | nvidia-cuda-mps-control; sleep 1
+  stamp "MPS daemon stopped"
+  unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+}
+with_mps() {  # RUNS: run_all with NVIDIA's MPS daemon running
+  if mps_start; then run_all "$1"; mps_stop; fi
 }

@@ -12,12 +12,7 @@ COUNT_RAW=${COUNT_RAW:-200000} COUNT=${COUNT:-256000}
 LOG=$OUT/e2e.log; : > "$LOG"
 python -m pip install -q --no-deps --no-index --target /tmp/nvpkgs .whl/*.whl > /dev/null 2>&1
 export PYTHONPATH=/tmp/nvpkgs:$PYTHONPATH
-photo_tree /tmp/photos
-timeout 60 python -m alexnet prepare /tmp/photos /tmp/D0 --encoding raw >> "$LOG" 2>&1
-timeout 120 python -c "
-from alexnet.tools.bench_data import replicate_prepared
-print(replicate_prepared('/tmp/D0', '/tmp/D', $COUNT_RAW))" >> "$LOG" 2>&1
-stamp "raw store: $(du -sh /tmp/D | cut -f1)"
+raw_store $COUNT_RAW
 RAW=(--data /tmp/D --epochs 3 --test-crops 1)
 REP=(--data /tmp/rep --epochs 1 --val-split val --test-crops 1 --eval-batch-size 500)
 RUNS=${RUNS:-"D-1-256|1|RAW|--batch-size 256

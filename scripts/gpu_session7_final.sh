@@ -9,10 +9,7 @@
 source scripts/gpu_env.sh
 LOG=$OUT/e2e.log; : > "$LOG"
 lscpu | grep -E "^(CPU\(s\)|Thread|Core|Socket|NUMA node[0-9])" > "$OUT/lscpu.txt"
-photo_tree /tmp/photos
-timeout 60 python -m alexnet prepare /tmp/photos /tmp/D0 --encoding raw >> "$LOG" 2>&1
-timeout 90 python -c "from alexnet.tools.bench_data import replicate_prepared as r; r('/tmp/D0', '/tmp/D', 144000)" >> "$LOG" 2>&1
-stamp "raw store: $(du -sh /tmp/D | cut -f1)"
+raw_store 144000
 train def-2-128 100 "${TWO[@]}" --data /tmp/D --epochs 3 --test-crops 1 --batch-per-process 128
 rm -rf /tmp/D /tmp/D0
 jpeg_store 128000
@@ -26,12 +23,11 @@ import alexnet.data.gpu_decode as g
 g.NvImageCodec.__init__.__defaults__ = (4, ("HW_GPU_ONLY",))
 PY
 REP=(--data /tmp/rep --epochs 3 --val-split val --test-crops 1 --eval-batch-size 500 --stall-epochs 0 --batch-size 256 --decode mixed --gpu-workers 3)
-export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
-mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
-nvidia-cuda-mps-control -d && stamp "MPS daemon started"
-train mps-both 75 taskset -c 0-15 "${ONE[@]}" "${REP[@]}"
-train mps-hw 75 env PYTHONPATH=/tmp/hwonly:$PYTHONPATH taskset -c 0-15 "${ONE[@]}" "${REP[@]}"
-echo quit | nvidia-cuda-mps-control; stamp "MPS daemon stopped"
+if mps_start; then
+  train mps-both 75 taskset -c 0-15 "${ONE[@]}" "${REP[@]}"
+  train mps-hw 75 env PYTHONPATH=/tmp/hwonly:$PYTHONPATH taskset -c 0-15 "${ONE[@]}" "${REP[@]}"
+  mps_stop
+fi
 cat "$OUT/lscpu.txt"
 grep -E "^parallel|^loader|rror" "$LOG" | sort | uniq -c
 for b in HW_GPU_ONLY GPU_ONLY HW_GPU_ONLY+GPU_ONLY; do tail -1 "$OUT/sm_$b.txt"; done

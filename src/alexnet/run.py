@@ -23,7 +23,7 @@ from alexnet.checkpoint import CheckpointKeeper
 from alexnet.config import FIELDS, TrainConfig, merge_for_resume, resolve
 from alexnet.data.augment import Augment, input_scale
 from alexnet.data.feeder import Feeder
-from alexnet.data.gpu_decode import mps_running
+from alexnet.data.gpu_decode import GPU_WORKERS_WITH_MPS, START_MPS, mps_running
 from alexnet.data.splits import open_prepared, split_train_val
 from alexnet.errors import ConfigError, DataError, TrainingDiverged
 from alexnet.models import build_model, get_arch, model_options
@@ -384,8 +384,8 @@ def _describe(run: Run, lr: float, log) -> None:
     log(f"loader: {run.train_feeder.describe()}")
     if run.train_feeder.gpu_workers and not mps_running():  # GPU workers run on CUDA only
         log("loader: the GPU time-slices the GPU workers' kernels with training's (separate processes); "
-            "with NVIDIA MPS running (nvidia-cuda-mps-control -d) they run side by side, and 3 GPU workers "
-            "are the default")
+            f"with NVIDIA MPS running ({START_MPS}) they run side by side, and {GPU_WORKERS_WITH_MPS} GPU "
+            "workers are the default")
     if parallel is not None:
         log(f"parallel: {placement.describe()}")
         for line in format_run_accounting(parallel):

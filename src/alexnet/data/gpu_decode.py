@@ -27,7 +27,7 @@ import torch
 
 from alexnet.errors import DataError
 
-__all__ = ["GPU_DECODERS", "Decoded", "GpuDecoding", "default_gpu_workers", "gpu_decoder", "measured_gpu",
+__all__ = ["GPU_DECODERS", "GPU_WORKERS_WITH_MPS", "START_MPS", "Decoded", "GpuDecoding", "default_gpu_workers", "gpu_decoder", "measured_gpu",
            "mps_running", "nvimgcodec_available", "resolve_decode", "resolve_gpu_decoder"]
 
 GPU_DECODERS = ("auto", "nvimgcodec", "torchvision")
@@ -68,6 +68,7 @@ AUTO_MIXED_BELOW_CORES = 24
 # 3 GPU workers gave +12% at 128).
 AUTO_MIXED_MIN_BATCH_WITHOUT_MPS = 256
 GPU_WORKERS_WITH_MPS = 3  # GPU workers by default where the MPS daemon runs, else 1
+START_MPS = "nvidia-cuda-mps-control -d"  # how the logs tell a user to start the MPS daemon
 # The GPU workers' stream priority (CUDA: lower is more urgent; 0 is the default, torch maps -1 to its
 # high priority). Beside a GPU-saturating neighbour the decoder's small kernels wait behind it; -1 was
 # measured and did not change that (RESULTS.md, seventh session), so the default stays.
@@ -113,7 +114,7 @@ def resolve_decode(device, encoding: str, gpu_decoder: str = "auto", batch: int 
         return "cpu", f"auto: {cores} cores decode enough"
     if batch is not None and batch < AUTO_MIXED_MIN_BATCH_WITHOUT_MPS and not mps_running():
         return "cpu", (f"auto: batch {batch} without NVIDIA MPS, where a GPU worker was measured no faster; "
-                       "with MPS running (nvidia-cuda-mps-control -d) 3 GPU workers join the CPU workers")
+                       f"with MPS running ({START_MPS}) {GPU_WORKERS_WITH_MPS} GPU workers join the CPU workers")
     return "mixed", f"auto: {cores} cores, nvImageCodec installed"
 
 
