@@ -157,6 +157,7 @@ def test_gpu_workers(stores, decode, workers, gpu_workers):
         batches(feeder.epoch(0))
         since = [n - m for n, m in zip(feeder.filled, before)]
         assert sum(since) == len(want) and feeder.gpu_share(before) == sum(since[workers:]) / len(want)
+        assert feeder.gpu_share(since_epoch=True) == feeder.gpu_share(before)  # what each epoch line reports
     with Feeder(split, 8, workers=workers, gpu_workers=gpu_workers, decode=decode, gpu_ahead=0, **kw) as feeder:
         assert feeder._ring.slots == queued + feeder.prefetch + 2
         assert_same(batches(feeder.epoch(0)), batches(BatchLoader(split, 8, epoch=0, workers=0, **kw)))
@@ -241,7 +242,7 @@ def test_a_gpu_worker_keeps_its_batches_in_flight(stores, monkeypatch):
 def test_auto_decode_picks_gpu_workers_only_where_measured_faster(stores, monkeypatch, tmp_path):
     """decode="auto": mixed (GPU workers beside CPU workers) only for a JPEG store on a Hopper GPU with
     nvImageCodec, one training process, fewer than 24 cores and, without MPS, a batch of 256 per process;
-    CPU decoding everywhere else. GPU workers: 3 where the MPS daemon runs, else 1."""
+    under DDP, MPS and 256 per process; CPU decoding everywhere else. GPU workers: 3 where the MPS daemon runs, else 1."""
     from alexnet.data import gpu_decode, procs
 
     monkeypatch.setattr(gpu_decode, "nvimgcodec_available", lambda: True)
@@ -257,8 +258,9 @@ def test_auto_decode_picks_gpu_workers_only_where_measured_faster(stores, monkey
     monkeypatch.setattr(gpu_decode, "measured_gpu", lambda device: False)  # not a Hopper GPU
     assert resolve("cuda:0", "jpeg") == ("cpu", "auto: GPU decoding measured on H100/H200 only")
     monkeypatch.setattr(gpu_decode, "measured_gpu", lambda device: True)
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    assert resolve("cuda:0", "jpeg")[0] == "cpu"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # DDP: mixed needs MPS (below) and 256 per process
+    decode, why = resolve("cuda:0", "jpeg", batch=256)
+    assert decode == "cpu" and "without NVIDIA MPS" in why and "-d" in why
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
     monkeypatch.setattr(procs, "usable_cores", lambda: 32)
     assert resolve("cuda:0", "jpeg") == ("cpu", "auto: 32 cores decode enough")
@@ -274,6 +276,11 @@ def test_auto_decode_picks_gpu_workers_only_where_measured_faster(stores, monkey
     (tmp_path / "control").touch()  # the daemon's control pipe
     assert gpu_decode.mps_running() and gpu_decode.default_gpu_workers() == 3
     assert resolve("cuda:0", "jpeg", batch=128)[0] == "mixed"  # 3 GPU workers under MPS: +12% at 128
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(procs, "usable_cores", lambda: 32)
+    assert resolve("cuda:0", "jpeg", batch=256) == ("mixed", "auto: 2 training processes on this machine, NVIDIA MPS running")
+    assert resolve("cuda:0", "jpeg", batch=128)[0] == "cpu"  # under DDP 128 each: CPU decoding keeps up
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
 
     with Feeder(split_of(stores, "jpeg"), 8, workers=1, decode="auto") as feeder:  # on the CPU: CPU workers
         assert (feeder.decode, feeder.gpu_workers, feeder.decode_why) == ("cpu", 0, "auto: not on a GPU")

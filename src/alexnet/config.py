@@ -114,7 +114,8 @@ class TrainConfig:
     decode: str = option("auto", "JPEG stores: decode on the loader's cores (cpu), on the GPU by GPU workers "
                                  "(cuda), or both, each batch to a free worker (mixed); auto: mixed with "
                                  "nvImageCodec on an H100/H200, one process, < 24 cores and a batch of 256 or "
-                                 "NVIDIA MPS running (measured faster there), else cpu",
+                                 "NVIDIA MPS running, or under DDP with MPS and 256 per process (measured "
+                                 "faster there), else cpu",
                          choices=("auto", "cpu", "cuda", "mixed"), resume="apply", group="running")
     cpu_decoder: str = option("auto", "the loader workers' JPEG decoder: simplejpeg or torchvision (both "
                                       "libjpeg-turbo, the same pixels; simplejpeg has less overhead); auto: "

@@ -16,9 +16,22 @@ import torch
 from alexnet.errors import AlexnetError, ConfigError
 
 __all__ = ["resolve_device", "amp_dtype", "device_guard", "apply_memory_cap", "hardware", "git_commit", "atomic_write_bytes",
-           "atomic_write_text", "DiskFull", "remove_stale_temporaries", "StopSignals"]
+           "atomic_write_text", "DiskFull", "remove_stale_temporaries", "StopSignals", "wait_for_gpu"]
 
 PRECISIONS = ("auto", "bf16", "fp32")
+# The host sleeps while it waits for the GPU (a blocking CUDA event) instead of spinning a core, CUDA's
+# default, which the loader's worker processes need: the training loop waits for every tenth step's loss.
+BLOCKING_WAITS = True
+
+
+def wait_for_gpu(device) -> None:
+    """Return once the work queued so far on ``device``'s current stream is done, sleeping (not
+    spinning) meanwhile; a ``.item()`` after it then finds its value ready. Nothing on a CPU."""
+    device = torch.device(device)
+    if BLOCKING_WAITS and device.type == "cuda":
+        done = torch.cuda.Event(blocking=True)
+        done.record(torch.cuda.current_stream(device))
+        done.synchronize()
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -147,9 +147,9 @@ def end_epoch(run: Run, epoch: int, stall: _Stall) -> dict:
                "val_top5_error": val["top5_error"], "val_images": val["images"], "seconds": seconds,
                "images_per_second": (stats["images"] - stats["warmup_images"]) / seconds if seconds > 0 else 0.0,
                "warmup_seconds": stats["warmup_seconds"], "complete": complete}
-    share = run.train_feeder.gpu_share()
+    share = run.train_feeder.gpu_share(since_epoch=True)
     if share is not None:
-        metrics["gpu_decoded_share"] = share  # of the batches so far
+        metrics["gpu_decoded_share"] = share  # of the batches filled since this epoch (or its resumed part) began
     best = val["top1_error"] < run.best_error
     run.best_error = min(run.best_error, val["top1_error"])
     if complete and run.schedule.should_drop(epoch + 1, val["top1_error"]):

@@ -34,6 +34,7 @@ from collections import deque
 import numpy as np
 import torch
 
+from alexnet import runtime
 from alexnet.data.decode import store_jpeg_decoder
 from alexnet.data.gpu_decode import GPU_DECODERS, default_gpu_workers, resolve_decode, resolve_gpu_decoder
 from alexnet.data.handoff import on_current_stream
@@ -146,6 +147,7 @@ class Feeder:
         self._todo: deque = deque()  # (batch, rows, labels) not yet sent to a worker
         self._busy = [0] * self._all
         self.filled = [0] * self._all  # batches each worker has filled (CPU workers first), for reports
+        self._filled_at_epoch = list(self.filled)
         self._cuda = self.device.type == "cuda"
         self._stream = torch.cuda.Stream(self.device) if self._cuda else None
         self._staging: deque = deque()
@@ -176,6 +178,7 @@ class Feeder:
             return InProcessLoader(self.split, self.batch_size, shuffle=self.shuffle, seed=self.seed, epoch=epoch,
                                    start_batch=start_batch, drop_last=self.drop_last, device=self.device,
                                    rank=self.rank, world_size=self.world_size, prefetch=self.prefetch, workers=0)
+        self._filled_at_epoch = list(self.filled)
         return EpochBatches(self, int(epoch), int(start_batch))
 
     def close(self) -> None:
@@ -206,11 +209,14 @@ class Feeder:
             return f"JPEG store decoded on the GPU by {gpu}{why}"
         return f"JPEG store decoded by {procs} and {gpu}, GPU workers first{why}"
 
-    def gpu_share(self, since: list[int] | None = None) -> float | None:
-        """The share of the batches filled so far (or since ``since``, an earlier copy of ``filled``)
-        that GPU workers decoded (None: no GPU workers)."""
+    def gpu_share(self, since: list[int] | None = None, since_epoch: bool = False) -> float | None:
+        """The share of the batches filled so far (since ``since``, an earlier copy of ``filled``; or,
+        with ``since_epoch``, since the last :meth:`epoch` call) that GPU workers decoded (None: no GPU
+        workers)."""
         if not self.gpu_workers:
             return None
+        if since_epoch:
+            since = self._filled_at_epoch
         done = [n - m for n, m in zip(self.filled, since or [0] * self._all)]
         return sum(done[self.workers:]) / max(1, sum(done))
 
@@ -301,7 +307,7 @@ class Feeder:
             else:
                 x = x.to(self.device, non_blocking=True)
                 y = y.to(self.device, non_blocking=True)
-            ev = torch.cuda.Event()
+            ev = torch.cuda.Event(blocking=runtime.BLOCKING_WAITS)  # waited on when every slot is in use
             ev.record(self._stream)
         self._releasing.append((None if self._staging else ev, slot))
         if self._staging:

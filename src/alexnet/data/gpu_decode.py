@@ -67,11 +67,18 @@ AUTO_MIXED_BELOW_CORES = 24
 # session, 0% / -7% in the seventh): below this batch auto keeps CPU decoding unless MPS runs (with it,
 # 3 GPU workers gave +12% at 128).
 AUTO_MIXED_MIN_BATCH_WITHOUT_MPS = 256
+# Several training processes on one machine (DDP on the two-H200 machine, 32 cores, eighth session):
+# under MPS, 3 GPU + 11 CPU workers per process gave 74,617-76,200 images/s at 256 per GPU against
+# 60,819-66,268 for CPU decoding (+15-25%), but 57,094-58,255 against 65,385-66,120 at 128 (-12%), where
+# CPU decoding already keeps up. So mixed under DDP needs MPS and this batch per process.
+AUTO_MIXED_MIN_BATCH_DDP = 256
 GPU_WORKERS_WITH_MPS = 3  # GPU workers by default where the MPS daemon runs, else 1
 START_MPS = "nvidia-cuda-mps-control -d"  # how the logs tell a user to start the MPS daemon
 # The GPU workers' stream priority (CUDA: lower is more urgent; 0 is the default, torch maps -1 to its
 # high priority). Beside a GPU-saturating neighbour the decoder's small kernels wait behind it; -1 was
-# measured and did not change that (RESULTS.md, seventh session), so the default stays.
+# measured and did not change that (RESULTS.md, seventh session), so the default stays: nvImageCodec runs
+# its hardware decoder's kernels on a stream of its own. Nor did putting the training process below
+# normal as an MPS client (CUDA_MPS_CLIENT_PRIORITY=1, eighth session).
 DECODE_STREAM_PRIORITY = 0
 
 
@@ -94,10 +101,11 @@ def measured_gpu(device) -> bool:
 
 def resolve_decode(device, encoding: str, gpu_decoder: str = "auto", batch: int | None = None) -> tuple[str, str]:
     """What ``decode="auto"`` means here: ("mixed" or "cpu", why). Mixed only for a JPEG store on a
-    Hopper GPU (:func:`measured_gpu`), with nvImageCodec's hardware decoder, one training process on
-    this machine, fewer than AUTO_MIXED_BELOW_CORES cores, and, unless NVIDIA MPS runs, a ``batch``
-    (per process; None: not known) of at least AUTO_MIXED_MIN_BATCH_WITHOUT_MPS: where it was measured
-    to beat CPU decoding alone."""
+    Hopper GPU (:func:`measured_gpu`) with nvImageCodec's hardware decoder, and then: for one training
+    process on this machine, fewer than AUTO_MIXED_BELOW_CORES cores and, unless NVIDIA MPS runs, a
+    ``batch`` (per process; None: not known) of at least AUTO_MIXED_MIN_BATCH_WITHOUT_MPS; for several
+    (DDP), MPS running and a batch of at least AUTO_MIXED_MIN_BATCH_DDP. Where it was measured to beat
+    CPU decoding alone."""
     from alexnet.data.procs import usable_cores
 
     device = torch.device(device)
@@ -107,8 +115,14 @@ def resolve_decode(device, encoding: str, gpu_decoder: str = "auto", batch: int 
         return "cpu", "auto: nvImageCodec is not installed (pip install alexnet[gpu-decode])"
     if not measured_gpu(device):
         return "cpu", "auto: GPU decoding measured on H100/H200 only"
-    if int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1:
-        return "cpu", "auto: several training processes on this machine (GPU workers not measured there)"
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if local > 1:
+        if batch is not None and batch < AUTO_MIXED_MIN_BATCH_DDP:
+            return "cpu", f"auto: {local} training processes on this machine at batch {batch} each, where CPU decoding keeps up"
+        if not mps_running():
+            return "cpu", (f"auto: {local} training processes on this machine without NVIDIA MPS; with MPS running "
+                           f"({START_MPS}) {GPU_WORKERS_WITH_MPS} GPU workers per process join the CPU workers")
+        return "mixed", f"auto: {local} training processes on this machine, NVIDIA MPS running"
     cores = usable_cores()
     if cores >= AUTO_MIXED_BELOW_CORES:
         return "cpu", f"auto: {cores} cores decode enough"
