@@ -1,16 +1,23 @@
-"""Where a running `alexnet train` spends the machine's cores: after DELAY seconds, over SECONDS, the
-cores busy in the busiest threads of the training process (its main thread, others by name[tid]), in its worker processes (all
-its descendants), and on the whole machine (from /proc/stat). Linux only.
+"""Where a running `alexnet train` spends the machine's cores during one epoch: the cores busy in the
+busiest threads of the training process (its main thread, others by name[tid]), in its worker
+processes (all its descendants), and on the whole machine (from /proc/stat). Linux only.
 
-    python scripts/cpu_monitor.py DELAY SECONDS [LABEL]   # started beside the run; prints one block
+    python scripts/cpu_monitor.py RUN_DIR [LABEL] [--epoch 2]   # started beside the run
+
+It waits for RUN_DIR/metrics.jsonl to hold the line of the epoch before EPOCH (so EPOCH has begun, after
+that epoch's validation), samples every half second until EPOCH's own line appears, and prints the
+median of the samples (the steady part: the epoch's validation and checkpoint at its end are a few
+samples) and their mean. (It once slept a fixed time instead, and its window fell after 3.5-s epochs.)
 """
 
 from __future__ import annotations
 
+import argparse
 import collections
 import os
-import sys
+import statistics
 import time
+from pathlib import Path
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -27,7 +34,7 @@ def _stat(path: str) -> tuple[str, int, int] | None:
 
 
 def _training_pid() -> int | None:
-    """The oldest process running `alexnet train` (the training process, not its workers)."""
+    """The oldest Python process running `alexnet train` (the training process, not its workers)."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -39,7 +46,8 @@ def _training_pid() -> int | None:
     return min(found) if found else None
 
 
-def _sample(root: int) -> tuple[dict, int, int]:
+def _sample(root: int) -> tuple[collections.Counter, int, int]:
+    """(ticks per thread of ``root``, ticks of its descendants, busy ticks of the machine)."""
     threads = collections.Counter()
     for tid in os.listdir(f"/proc/{root}/task"):
         s = _stat(f"/proc/{root}/task/{tid}/stat")
@@ -62,21 +70,60 @@ def _sample(root: int) -> tuple[dict, int, int]:
     return threads, children, busy
 
 
-def main(delay: float, seconds: float, label: str = "") -> None:
-    time.sleep(delay)
+def _lines(path: Path) -> int:
+    try:
+        return len(path.read_text().splitlines())
+    except OSError:
+        return 0
+
+
+def watch(run_dir: str, epoch: int = 2, interval: float = 0.5, timeout: float = 600.0) -> dict | None:
+    """Samples (cores busy per interval) over epoch ``epoch`` of the run writing ``run_dir``; None if
+    it did not get there within ``timeout`` seconds."""
+    metrics, end = Path(run_dir) / "metrics.jsonl", time.monotonic() + timeout
+    while _lines(metrics) < epoch - 1:
+        if time.monotonic() > end:
+            return None
+        time.sleep(0.1)
     pid = _training_pid()
     if pid is None:
-        print(f"cpu_monitor {label}: no alexnet train process")
+        return None
+    samples = collections.defaultdict(list)
+    last_t, last = time.perf_counter(), _sample(pid)
+    while _lines(metrics) < epoch and time.monotonic() < end:
+        time.sleep(interval)
+        try:
+            now_t, now = time.perf_counter(), _sample(pid)
+        except FileNotFoundError:  # the run ended
+            break
+        dt = (now_t - last_t) * TICK
+        samples["machine"].append((now[2] - last[2]) / dt)
+        samples["workers"].append((now[1] - last[1]) / dt)
+        for name, ticks in now[0].items():
+            samples[name].append((ticks - last[0].get(name, ticks)) / dt)
+        last_t, last = now_t, now
+    return dict(samples)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run_dir")
+    ap.add_argument("label", nargs="?", default="")
+    ap.add_argument("--epoch", type=int, default=2)
+    a = ap.parse_args()
+    samples = watch(a.run_dir, a.epoch)
+    if not samples or not samples.get("machine"):
+        print(f"cpu_monitor {a.label}: no samples of epoch {a.epoch} (the run never got there, or no alexnet train process)")
         return
-    t0, (th0, ch0, busy0) = time.perf_counter(), _sample(pid)
-    time.sleep(seconds)
-    dt, (th1, ch1, busy1) = time.perf_counter() - t0, _sample(pid)
-    per = lambda a, b: (b - a) / TICK / dt  # noqa: E731
-    top = sorted(((per(th0.get(n, 0), v), n) for n, v in th1.items()), reverse=True)[:6]
-    print(f"cpu_monitor {label}: machine {per(busy0, busy1):.2f} of {os.cpu_count()} cores busy; "
-          f"workers {per(ch0, ch1):.2f}; training process {sum(c for c, _ in top):.2f} "
-          f"({', '.join(f'{n} {c:.2f}' for c, n in top if c >= 0.02)})", flush=True)
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    mean = {k: statistics.fmean(v) for k, v in samples.items()}
+    threads = sorted((k for k in med if k not in ("machine", "workers")), key=lambda k: -med[k])
+    busy = [k for k in threads if med[k] >= 0.02][:6]
+    print(f"cpu_monitor {a.label}: epoch {a.epoch}, {len(samples['machine'])} samples, cores busy, median (mean): "
+          f"machine {med['machine']:.2f} ({mean['machine']:.2f}) of {os.cpu_count()}; workers {med['workers']:.2f} "
+          f"({mean['workers']:.2f}); training process {sum(med[k] for k in threads):.2f}: "
+          + ", ".join(f"{k} {med[k]:.2f}" for k in busy), flush=True)
 
 
 if __name__ == "__main__":
-    main(float(sys.argv[1]), float(sys.argv[2]), *sys.argv[3:4])
+    main()

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # 2026-11-30, eighth session, the one-GPU machine (16 cores; .whl/ and .carry/imagenet-sample carried).
 # Batch 256 from a JPEG store under MPS (auto: 11 CPU + 3 GPU workers) stops at 81-84% of the resident
-# step. Where do the 16 cores go? Each run is watched by scripts/cpu_monitor.py over 5 s of epoch 2.
+# step. Where do the 16 cores go? Each run is watched by scripts/cpu_monitor.py over its epoch 2 (in
+# the recorded call the monitor slept a fixed 42 s and sampled 5 s, which fell after the epochs; it now
+# follows the run's metrics.jsonl).
 # The training process now sleeps on a blocking event where it waits for the GPU (every tenth step's
 # loss; a full ring), instead of spinning a core (alexnet.runtime.BLOCKING_WAITS); the spinning run
 # patches it back with a sitecustomize. Then 4 GPU workers, and 12 CPU workers (--loader-workers). Tables last.
@@ -11,7 +13,7 @@ jpeg_store 128000
 mkdir -p /tmp/spin
 echo "import alexnet.runtime as r; r.BLOCKING_WAITS = False" > /tmp/spin/sitecustomize.py
 REP=(--data /tmp/rep --epochs 3 --val-split val --test-crops 1 --eval-batch-size 500 --stall-epochs 0 --batch-size 256)
-watch() { python scripts/cpu_monitor.py 42 5 "$1" >> "$OUT/cpu.txt" 2>&1 & }
+watch() { python scripts/cpu_monitor.py "/tmp/runs/$1" "$1" >> "$OUT/cpu.txt" 2>&1 & }
 if mps_start; then
   watch block; train block 85 "${ONE[@]}" "${REP[@]}"
   watch spin; train spin 85 env PYTHONPATH=/tmp/spin:$PYTHONPATH "${ONE[@]}" "${REP[@]}"
