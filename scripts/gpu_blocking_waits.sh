@@ -10,10 +10,8 @@
 source scripts/gpu_env.sh
 LOG=$OUT/e2e.log; : > "$LOG"
 jpeg_store 128000
-mkdir -p /tmp/spin
-echo "import alexnet.runtime as r; r.BLOCKING_WAITS = False" > /tmp/spin/sitecustomize.py
+sitecustomize /tmp/spin "import alexnet.runtime as r; r.BLOCKING_WAITS = False"
 REP=(--data /tmp/rep --epochs 3 --val-split val --test-crops 1 --eval-batch-size 500 --stall-epochs 0 --batch-size 256)
-watch() { python scripts/cpu_monitor.py "/tmp/runs/$1" "$1" >> "$OUT/cpu.txt" 2>&1 & }
 if mps_start; then
   watch block; train block 85 "${ONE[@]}" "${REP[@]}"
   watch spin; train spin 85 env PYTHONPATH=/tmp/spin:$PYTHONPATH "${ONE[@]}" "${REP[@]}"

@@ -27,7 +27,7 @@ import torch
 
 from alexnet.errors import DataError
 
-__all__ = ["GPU_DECODERS", "GPU_WORKERS_WITH_MPS", "START_MPS", "Decoded", "GpuDecoding", "default_gpu_workers", "gpu_decoder", "measured_gpu",
+__all__ = ["DECODERS_PER_GPU_WORKER", "GPU_DECODERS", "GPU_WORKERS_WITH_MPS", "START_MPS", "Decoded", "GpuDecoding", "default_gpu_workers", "gpu_decoder", "measured_gpu",
            "mps_running", "nvimgcodec_available", "resolve_decode", "resolve_gpu_decoder"]
 
 GPU_DECODERS = ("auto", "nvimgcodec", "torchvision")
@@ -80,6 +80,11 @@ START_MPS = "nvidia-cuda-mps-control -d"  # how the logs tell a user to start th
 # its hardware decoder's kernels on a stream of its own. Nor did putting the training process below
 # normal as an MPS client (CUDA_MPS_CLIENT_PRIORITY=1, eighth session).
 DECODE_STREAM_PRIORITY = 0
+# Decoders per GPU worker, each on a stream of its own, taking batches in turn. nvImageCodec's hardware
+# decoder waits on the host for its previous batch before it starts the next (its source), so one keeps
+# one batch in flight, two keep two. Not yet measured on a GPU: 1 until it is (the Feeder reads this
+# when it starts its workers).
+DECODERS_PER_GPU_WORKER = 1
 
 
 def mps_running() -> bool:
@@ -211,17 +216,21 @@ class GpuDecoding:
     """In a GPU worker: the pixels of a slot whose JPEG bytes are in its blob, decoded on ``device``
     and written into the slot's images."""
 
-    def __init__(self, ring, source: dict, device, decoder: str):
+    def __init__(self, ring, source: dict, device, decoder: str, lanes: int = 1):
+        """``lanes``: decoders, each with a stream of its own, taking the batches in turn."""
         self.device = torch.device(device)  # with its index: the Feeder names the training process's GPU
         self.path, self.size = source["path"], source["size"]
         self.cuda = self.device.type == "cuda"
-        self.stream = None
+        if lanes < 1:
+            raise ValueError(f"a GPU worker needs at least one decoder, not {lanes}")
         if self.cuda:
             torch.cuda.set_device(self.device)
-            self.stream = torch.cuda.Stream(self.device, priority=DECODE_STREAM_PRIORITY)
             # The ring page-locked here too: the pixels go back with one asynchronous copy.
             self.registered = ring.register_cuda()
-        self.decoder = gpu_decoder(decoder, self.device)
+        self.lanes = [(gpu_decoder(decoder, self.device),
+                       torch.cuda.Stream(self.device, priority=DECODE_STREAM_PRIORITY) if self.cuda else None)
+                      for _ in range(lanes)]
+        self.submitted = 0
 
     def submit(self, ring, slot: int, rows) -> "Decoded":
         """Start decoding the JPEG bytes in ``slot``'s blob into its images; returns at once on a GPU
@@ -230,9 +239,11 @@ class GpuDecoding:
         n, S = len(rows), self.size
         lengths = ring.lengths(slot, n)
         parts = list(ring.blob(slot)[: int(lengths.sum())].split(lengths.tolist()))
-        with torch.cuda.stream(self.stream) if self.cuda else contextlib.nullcontext():
+        decoder, stream = self.lanes[self.submitted % len(self.lanes)]
+        self.submitted += 1
+        with torch.cuda.stream(stream) if self.cuda else contextlib.nullcontext():
             try:
-                images, owners = self.decoder(parts, self.stream)
+                images, owners = decoder(parts, stream)
             except Exception as e:
                 raise _bad_image(parts, rows, S, self.path, e) from None
             if any(im is None for im in images):
@@ -249,7 +260,7 @@ class GpuDecoding:
             dst.copy_(stacked, non_blocking=self.registered)
             # Waited on without spinning (CUDA's default spins a core, which the CPU workers need).
             done = torch.cuda.Event(blocking=True)
-            done.record(self.stream)
+            done.record(stream)
         return Decoded(done, (owners, images, stacked))  # the decoder's buffers live until the copy is done
 
 
