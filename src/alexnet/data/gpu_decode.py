@@ -74,6 +74,8 @@ AUTO_MIXED_MIN_BATCH_WITHOUT_MPS = 256
 AUTO_MIXED_MIN_BATCH_DDP = 256
 GPU_WORKERS_WITH_MPS = 3  # GPU workers by default where the MPS daemon runs, else 1
 START_MPS = "nvidia-cuda-mps-control -d"  # how the logs tell a user to start the MPS daemon
+# The end of `auto`'s reason where GPU workers wait for MPS ({} : " per process" under DDP, else "").
+_WITH_MPS = f"with MPS running ({START_MPS}) {GPU_WORKERS_WITH_MPS} GPU workers{{}} join the CPU workers"
 # The GPU workers' stream priority (CUDA: lower is more urgent; 0 is the default, torch maps -1 to its
 # high priority). Beside a GPU-saturating neighbour the decoder's small kernels wait behind it; -1 was
 # measured and did not change that (RESULTS.md, seventh session), so the default stays: nvImageCodec runs
@@ -125,15 +127,15 @@ def resolve_decode(device, encoding: str, gpu_decoder: str = "auto", batch: int 
         if batch is not None and batch < AUTO_MIXED_MIN_BATCH_DDP:
             return "cpu", f"auto: {local} training processes on this machine at batch {batch} each, where CPU decoding keeps up"
         if not mps_running():
-            return "cpu", (f"auto: {local} training processes on this machine without NVIDIA MPS; with MPS running "
-                           f"({START_MPS}) {GPU_WORKERS_WITH_MPS} GPU workers per process join the CPU workers")
+            return "cpu", (f"auto: {local} training processes on this machine without NVIDIA MPS; "
+                           + _WITH_MPS.format(" per process"))
         return "mixed", f"auto: {local} training processes on this machine, NVIDIA MPS running"
     cores = usable_cores()
     if cores >= AUTO_MIXED_BELOW_CORES:
         return "cpu", f"auto: {cores} cores decode enough"
     if batch is not None and batch < AUTO_MIXED_MIN_BATCH_WITHOUT_MPS and not mps_running():
         return "cpu", (f"auto: batch {batch} without NVIDIA MPS, where a GPU worker was measured no faster; "
-                       f"with MPS running ({START_MPS}) {GPU_WORKERS_WITH_MPS} GPU workers join the CPU workers")
+                       + _WITH_MPS.format(""))
     return "mixed", f"auto: {cores} cores, nvImageCodec installed"
 
 
