@@ -2,12 +2,14 @@
 busiest threads of the training process (its main thread, others by name[tid]), in its worker
 processes (all its descendants), and on the whole machine (from /proc/stat). Linux only.
 
-    python scripts/cpu_monitor.py RUN_DIR [LABEL] [--epoch 2]   # started beside the run
+    python scripts/cpu_monitor.py RUN_DIR [LABEL] [--epoch 2] [--gpu]   # started beside the run
 
 It waits for RUN_DIR/metrics.jsonl to hold the line of the epoch before EPOCH (so EPOCH has begun, after
 that epoch's validation), samples every half second until EPOCH's own line appears, and prints the
 median of the samples (the steady part: the epoch's validation and checkpoint at its end are a few
 samples) and their mean. (It once slept a fixed time instead, and its window fell after 3.5-s epochs.)
+``--gpu`` also samples GPU 0's utilisation and its JPEG engines' (``nvidia-smi -q -d UTILIZATION``, in a
+thread of its own: whether the engines are what a JPEG run waits for).
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import re
 import statistics
+import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -70,6 +75,21 @@ def _sample(root: int) -> tuple[collections.Counter, int, int]:
     return threads, children, busy
 
 
+def _gpu_utilisation() -> dict[str, float]:
+    """GPU 0's utilisation percentages from nvidia-smi ({"GPU %": .., "JPEG %": ..}; {} without it)."""
+    try:
+        text = subprocess.run(["nvidia-smi", "-q", "-d", "UTILIZATION", "-i", "0"], capture_output=True,
+                              text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    found = {}
+    for key, label in (("Gpu", "GPU %"), ("JPEG", "JPEG %")):
+        m = re.search(rf"^\s*{key}\s*:\s*(\d+)\s*%", text, re.M)
+        if m:
+            found[label] = float(m.group(1))
+    return found
+
+
 def _lines(path: Path) -> int:
     try:
         return len(path.read_text().splitlines())
@@ -77,9 +97,9 @@ def _lines(path: Path) -> int:
         return 0
 
 
-def watch(run_dir: str, epoch: int = 2, interval: float = 0.5, timeout: float = 600.0) -> dict | None:
-    """Samples (cores busy per interval) over epoch ``epoch`` of the run writing ``run_dir``; None if
-    it did not get there within ``timeout`` seconds."""
+def watch(run_dir: str, epoch: int = 2, interval: float = 0.5, timeout: float = 600.0, gpu: bool = False) -> dict | None:
+    """Samples (cores busy per interval; with ``gpu``, also GPU and JPEG-engine percentages) over epoch
+    ``epoch`` of the run writing ``run_dir``; None if it did not get there within ``timeout`` seconds."""
     metrics, end = Path(run_dir) / "metrics.jsonl", time.monotonic() + timeout
     while _lines(metrics) < epoch - 1:
         if time.monotonic() > end:
@@ -89,6 +109,16 @@ def watch(run_dir: str, epoch: int = 2, interval: float = 0.5, timeout: float = 
     if pid is None:
         return None
     samples = collections.defaultdict(list)
+    stop = threading.Event()
+
+    def poll_gpu() -> None:
+        while not stop.wait(interval):
+            for k, v in _gpu_utilisation().items():
+                samples[k].append(v)
+
+    poller = threading.Thread(target=poll_gpu, daemon=True)
+    if gpu:
+        poller.start()
     last_t, last = time.perf_counter(), _sample(pid)
     while _lines(metrics) < epoch and time.monotonic() < end:
         time.sleep(interval)
@@ -102,6 +132,9 @@ def watch(run_dir: str, epoch: int = 2, interval: float = 0.5, timeout: float = 
         for name, ticks in now[0].items():
             samples[name].append((ticks - last[0].get(name, ticks)) / dt)
         last_t, last = now_t, now
+    stop.set()
+    if gpu:
+        poller.join()
     return dict(samples)
 
 
@@ -110,19 +143,22 @@ def main() -> None:
     ap.add_argument("run_dir")
     ap.add_argument("label", nargs="?", default="")
     ap.add_argument("--epoch", type=int, default=2)
+    ap.add_argument("--gpu", action="store_true", help="also GPU 0's and its JPEG engines' utilisation (nvidia-smi)")
     a = ap.parse_args()
-    samples = watch(a.run_dir, a.epoch)
+    samples = watch(a.run_dir, a.epoch, gpu=a.gpu)
     if not samples or not samples.get("machine"):
         print(f"cpu_monitor {a.label}: no samples of epoch {a.epoch} (the run never got there, or no alexnet train process)")
         return
     med = {k: statistics.median(v) for k, v in samples.items()}
     mean = {k: statistics.fmean(v) for k, v in samples.items()}
-    threads = sorted((k for k in med if k not in ("machine", "workers")), key=lambda k: -med[k])
+    gpu = [k for k in ("GPU %", "JPEG %") if k in med]
+    threads = sorted((k for k in med if k not in ("machine", "workers", *gpu)), key=lambda k: -med[k])
     busy = [k for k in threads if med[k] >= 0.02][:6]
     print(f"cpu_monitor {a.label}: epoch {a.epoch}, {len(samples['machine'])} samples, cores busy, median (mean): "
           f"machine {med['machine']:.2f} ({mean['machine']:.2f}) of {os.cpu_count()}; workers {med['workers']:.2f} "
           f"({mean['workers']:.2f}); training process {sum(med[k] for k in threads):.2f}: "
-          + ", ".join(f"{k} {med[k]:.2f}" for k in busy), flush=True)
+          + ", ".join(f"{k} {med[k]:.2f}" for k in busy)
+          + "".join(f"; {k.split()[0]} busy {med[k]:.0f}% ({mean[k]:.0f}%)" for k in gpu), flush=True)
 
 
 if __name__ == "__main__":

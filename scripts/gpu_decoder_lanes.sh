@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# For the next session (written 2026-11-30, eighth session; not yet run), the one-GPU machine (16
+# Ran in the ninth session of 2026-11-30 (RESULTS.md; two decoders gave nothing, so the setting it patches,
+# gpu_decode.DECODERS_PER_GPU_WORKER, was removed after). Written in the eighth session for the one-GPU machine (16
 # cores; .whl/ and .carry/imagenet-sample carried). nvImageCodec's hardware decoder waits on the host
 # for its previous batch before it starts the next, so a GPU worker keeps one batch in flight per
 # decoder. (1) The GPU tests this session could not run: two decoders per GPU worker give the right

@@ -4,7 +4,7 @@
 # which runs an `alexnet train` command (ONE: one process, TWO: torchrun on two GPUs) into
 # /tmp/runs/NAME under a time limit, its output appended to $LOG; `photo_tree DEST`, the sample photos as
 # an image-folder tree; `raw_store`, `jpeg_store`: the stores the runs read; `run_all`, `with_mps`,
-# `mps_start`, `mps_stop`: runs, with or without NVIDIA's MPS daemon; `watch`: where a run's cores go;
+# `mps_start`, `mps_stop`: runs, with or without NVIDIA's MPS daemon; `watch`: where a run's cores (and the GPU, its JPEG engines) go;
 # `sitecustomize`: a module constant patched in the processes of a run.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -62,7 +62,7 @@ mps_stop() {
   unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
 }
 watch() {  # NAME: scripts/cpu_monitor.py beside the run NAME (started just before it), over its epoch 2
-  python scripts/cpu_monitor.py "/tmp/runs/$1" "$1" >> "$OUT/cpu.txt" 2>&1 &
+  python scripts/cpu_monitor.py "/tmp/runs/$1" "$1" --gpu >> "$OUT/cpu.txt" 2>&1 &
 }
 sitecustomize() {  # DIR CODE: DIR/sitecustomize.py runs CODE in every process started with DIR on PYTHONPATH
   mkdir -p "$1" && echo "$2" > "$1/sitecustomize.py"

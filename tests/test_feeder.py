@@ -129,16 +129,10 @@ def test_cpu_decoders_give_the_same_pixels(stores, cpu_decoder):
         store_jpeg_decoder("pil")
 
 
-@pytest.mark.parametrize("decode,workers,gpu_workers,lanes", [("cuda", 0, 2, 2), ("mixed", 2, 1, 1)])
-def test_gpu_workers(stores, monkeypatch, decode, workers, gpu_workers, lanes):
+@pytest.mark.parametrize("decode,workers,gpu_workers", [("cuda", 0, 2), ("mixed", 2, 1)])
+def test_gpu_workers(stores, decode, workers, gpu_workers):
     """GPU workers (on a CPU device they decode on the CPU, so the pixels are exactly the CPU
-    workers'), alone or beside CPU workers, each batch to the least busy worker; with one decoder
-    each or two taking the batches in turn (``lanes``)."""
-    from alexnet.data import gpu_decode
-
-    monkeypatch.setattr(gpu_decode, "DECODERS_PER_GPU_WORKER", lanes)  # read when the workers start
-    with pytest.raises(ValueError, match="at least one decoder"):
-        gpu_decode.GpuDecoding(None, {"path": "store", "size": 24}, "cpu", "auto", lanes=0)
+    workers'), alone or beside CPU workers, each batch to the least busy worker."""
     split = split_of(stores, "jpeg")
     kw = dict(shuffle=True, seed=6, drop_last=False)
     with Feeder(split, 8, workers=workers, gpu_workers=gpu_workers, decode=decode, **kw) as feeder:
@@ -204,7 +198,7 @@ def test_a_gpu_worker_keeps_its_batches_in_flight(stores, monkeypatch):
             assert self.gate.wait(10)
 
     class FakeGpu:
-        def __init__(self, ring, source, device, decoder, lanes=1):
+        def __init__(self, ring, source, device, decoder):
             pass
 
         def submit(self, ring, slot, rows):
@@ -503,18 +497,14 @@ def test_cuda(stores, enc, decode):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("decoder,lanes", [("torchvision", 1), ("nvimgcodec", 1), ("nvimgcodec", 2)])
-def test_gpu_decoders(stores, tmp_path, monkeypatch, decoder, lanes):
+@pytest.mark.parametrize("decoder", ["torchvision", "nvimgcodec"])
+def test_gpu_decoders(stores, tmp_path, decoder):
     """Each GPU decoder gives the workers' labels exactly and their pixels within a grey level or so
-    (a hardware or CUDA IDCT is not libjpeg-turbo's), in whole and mixed epochs, also with two
-    decoders per GPU worker on streams of their own; a JPEG that does not decode is a one-line
-    DataError naming the store file and the image."""
+    (a hardware or CUDA IDCT is not libjpeg-turbo's), in whole and mixed epochs; a JPEG that does not
+    decode is a one-line DataError naming the store file and the image."""
     import shutil
 
-    from alexnet.data import gpu_decode
     from alexnet.data.gpu_decode import nvimgcodec_available
-
-    monkeypatch.setattr(gpu_decode, "DECODERS_PER_GPU_WORKER", lanes)
 
     if decoder == "nvimgcodec" and not nvimgcodec_available():
         pytest.skip("nvImageCodec is not installed (pip install alexnet[gpu-decode])")

@@ -35,7 +35,6 @@ import numpy as np
 import torch
 
 from alexnet import runtime
-from alexnet.data import gpu_decode
 from alexnet.data.decode import store_jpeg_decoder
 from alexnet.data.gpu_decode import GPU_DECODERS, default_gpu_workers, resolve_decode, resolve_gpu_decoder
 from alexnet.data.handoff import on_current_stream
@@ -161,7 +160,7 @@ class Feeder:
         device = self.device
         if self._cuda and device.index is None:  # the GPU workers decode on this process's GPU
             device = torch.device("cuda", torch.cuda.current_device())
-        gpu = {"device": str(device), "decoder": self.gpu_decoder, "lanes": gpu_decode.DECODERS_PER_GPU_WORKER}
+        gpu = {"device": str(device), "decoder": self.gpu_decoder}
         self._pool = WorkerPool(self.workers, self._ring, source, self.gpu_workers, gpu)  # last: nothing can fail after
 
     # -- the public side

@@ -114,7 +114,7 @@ def main(wid: int, conn, handle: RingHandle, source: dict, parent: int, gpu: dic
         if gpu is not None:
             from alexnet.data.gpu_decode import GpuDecoding
 
-            on_gpu = GpuDecoding(ring, source, gpu["device"], gpu["decoder"], gpu.get("lanes", 1))
+            on_gpu = GpuDecoding(ring, source, gpu["device"], gpu["decoder"])
         conn.send(("ready", wid, None, None, None))
     except BaseException as e:
         conn.send(("error", wid, None, None, None) + _problem(e, source))

@@ -45,7 +45,7 @@ CHOICES = ("auto",) + ENCODINGS
 DEFAULT_QUALITY = 90
 # "auto" stores raw pixels while the raw store stays at most this large, JPEG beyond. Raw costs no
 # CPU to read but must sit in the page cache to be fast: 32 GB is a quarter of the 128 GB H200
-# machines' memory and half their 64 GB disk. ImageNet at 256 (252 GB raw) becomes JPEG (26 GB at
+# machines' memory and half their 64 GB disk. ImageNet at 256 (252 GB raw) becomes JPEG (25 GB at
 # quality 90); CIFAR-10 (0.18 GB) and the 60,000-image benchmark set (11.8 GB) stay raw.
 RAW_LIMIT_BYTES = 32_000_000_000
 PARTIAL = ".partial"

@@ -27,7 +27,7 @@ import torch
 
 from alexnet.errors import DataError
 
-__all__ = ["DECODERS_PER_GPU_WORKER", "GPU_DECODERS", "GPU_WORKERS_WITH_MPS", "START_MPS", "Decoded", "GpuDecoding", "default_gpu_workers", "gpu_decoder", "measured_gpu",
+__all__ = ["GPU_DECODERS", "GPU_WORKERS_WITH_MPS", "START_MPS", "Decoded", "GpuDecoding", "default_gpu_workers", "gpu_decoder", "measured_gpu",
            "mps_running", "nvimgcodec_available", "resolve_decode", "resolve_gpu_decoder"]
 
 GPU_DECODERS = ("auto", "nvimgcodec", "torchvision")
@@ -80,13 +80,10 @@ _WITH_MPS = f"with MPS running ({START_MPS}) {GPU_WORKERS_WITH_MPS} GPU workers{
 # high priority). Beside a GPU-saturating neighbour the decoder's small kernels wait behind it; -1 was
 # measured and did not change that (RESULTS.md, seventh session), so the default stays: nvImageCodec runs
 # its hardware decoder's kernels on a stream of its own. Nor did putting the training process below
-# normal as an MPS client (CUDA_MPS_CLIENT_PRIORITY=1, eighth session).
+# normal as an MPS client (CUDA_MPS_CLIENT_PRIORITY=1, eighth session). Nor two decoders per GPU worker
+# on streams of their own (two batches in flight inside nvImageCodec), nor holding training to 90% of the
+# SMs under MPS (CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=90: the step loses 6%; ninth session).
 DECODE_STREAM_PRIORITY = 0
-# Decoders per GPU worker, each on a stream of its own, taking batches in turn. nvImageCodec's hardware
-# decoder waits on the host for its previous batch before it starts the next (its source), so one keeps
-# one batch in flight, two keep two. Not yet measured on a GPU: 1 until it is (the Feeder reads this
-# when it starts its workers).
-DECODERS_PER_GPU_WORKER = 1
 
 
 def mps_running() -> bool:
@@ -218,21 +215,17 @@ class GpuDecoding:
     """In a GPU worker: the pixels of a slot whose JPEG bytes are in its blob, decoded on ``device``
     and written into the slot's images."""
 
-    def __init__(self, ring, source: dict, device, decoder: str, lanes: int = 1):
-        """``lanes``: decoders, each with a stream of its own, taking the batches in turn."""
+    def __init__(self, ring, source: dict, device, decoder: str):
         self.device = torch.device(device)  # with its index: the Feeder names the training process's GPU
         self.path, self.size = source["path"], source["size"]
         self.cuda = self.device.type == "cuda"
-        if lanes < 1:
-            raise ValueError(f"a GPU worker needs at least one decoder, not {lanes}")
+        self.stream = None
         if self.cuda:
             torch.cuda.set_device(self.device)
+            self.stream = torch.cuda.Stream(self.device, priority=DECODE_STREAM_PRIORITY)
             # The ring page-locked here too: the pixels go back with one asynchronous copy.
             self.registered = ring.register_cuda()
-        self.lanes = [(gpu_decoder(decoder, self.device),
-                       torch.cuda.Stream(self.device, priority=DECODE_STREAM_PRIORITY) if self.cuda else None)
-                      for _ in range(lanes)]
-        self.submitted = 0
+        self.decoder = gpu_decoder(decoder, self.device)
 
     def submit(self, ring, slot: int, rows) -> "Decoded":
         """Start decoding the JPEG bytes in ``slot``'s blob into its images; returns at once on a GPU
@@ -241,11 +234,9 @@ class GpuDecoding:
         n, S = len(rows), self.size
         lengths = ring.lengths(slot, n)
         parts = list(ring.blob(slot)[: int(lengths.sum())].split(lengths.tolist()))
-        decoder, stream = self.lanes[self.submitted % len(self.lanes)]
-        self.submitted += 1
-        with torch.cuda.stream(stream) if self.cuda else contextlib.nullcontext():
+        with torch.cuda.stream(self.stream) if self.cuda else contextlib.nullcontext():
             try:
-                images, owners = decoder(parts, stream)
+                images, owners = self.decoder(parts, self.stream)
             except Exception as e:
                 raise _bad_image(parts, rows, S, self.path, e) from None
             if any(im is None for im in images):
@@ -262,7 +253,7 @@ class GpuDecoding:
             dst.copy_(stacked, non_blocking=self.registered)
             # Waited on without spinning (CUDA's default spins a core, which the CPU workers need).
             done = torch.cuda.Event(blocking=True)
-            done.record(stream)
+            done.record(self.stream)
         return Decoded(done, (owners, images, stacked))  # the decoder's buffers live until the copy is done
 
 

@@ -9,7 +9,7 @@ plus the mean image and the RGB covariance's eigen-decomposition over the train 
 
 Encoding ``"auto"`` (the default) stores raw pixels while the raw store stays within
 ``format.RAW_LIMIT_BYTES`` (32 GB) and JPEG beyond: raw is read with no CPU work but has to stay
-in the page cache; ImageNet at 256 is 252 GB raw, 26 GB as JPEG of quality 90 (see
+in the page cache; ImageNet at 256 is 252 GB raw, 25 GB as JPEG of quality 90 (see
 docs/notes-data.md for the measurements behind both).
 
 Resuming: the work is cut into chunks of ``chunk_size`` images (:mod:`alexnet.data.prepare_state`).
