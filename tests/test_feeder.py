@@ -158,6 +158,13 @@ def test_gpu_workers(stores, decode, workers, gpu_workers):
         since = [n - m for n, m in zip(feeder.filled, before)]
         assert sum(since) == len(want) and feeder.gpu_share(before) == sum(since[workers:]) / len(want)
         assert feeder.gpu_share(since_epoch=True) == feeder.gpu_share(before)  # what each epoch line reports
+        # the waits for batches since that epoch began, by cause: its first batch had to be decoded
+        waited = feeder.waited()
+        assert set(waited) == {"ring full", "CPU workers", "GPU workers"} and min(waited.values()) >= 0
+        assert waited["GPU workers"] + waited["CPU workers"] > 0 and (decode == "mixed" or waited["CPU workers"] == 0)
+        assert not feeder._waits._given and not feeder._waits._since  # every batch accounted for
+        feeder.epoch(0)
+        assert sum(feeder.waited().values()) == 0  # a new epoch starts the count again
     with Feeder(split, 8, workers=workers, gpu_workers=gpu_workers, decode=decode, gpu_ahead=0, **kw) as feeder:
         assert feeder._ring.slots == queued + feeder.prefetch + 2
         assert_same(batches(feeder.epoch(0)), batches(BatchLoader(split, 8, epoch=0, workers=0, **kw)))
@@ -169,6 +176,39 @@ def test_gpu_workers(stores, decode, workers, gpu_workers):
         Feeder(split, 8, workers=workers, gpu_workers=0, decode=decode)
     with pytest.raises(ValueError, match="workers"):
         Feeder(split, 8, workers=1 - min(workers, 1), decode=decode)  # CPU workers with cuda, none with mixed
+
+
+def test_waits_split_by_what_held_the_batch():
+    """The Feeder's ledger of the training process's waits (alexnet.data.waits), on a fake clock."""
+    from alexnet.data.waits import Waits
+
+    now = [0.0]
+    w = Waits(clock=lambda: now[0])
+    w.given(0, gpu=False)  # given out before the wait: all of the wait is the worker's
+    now[0] = 1.0
+    w.waiting(0)
+    now[0] = 1.5
+    w.waiting(0)  # asked again: the wait still began at 1.0
+    now[0] = 2.0
+    w.filled(0)
+    w.waiting(1)  # no slot for it yet: the ring was full until it was given out
+    now[0] = 2.25
+    w.given(1, gpu=True)
+    now[0] = 3.0
+    w.filled(1)
+    w.given(2, gpu=True)
+    w.filled(2)  # filled before anyone waited for it: no wait
+    assert w.seconds() == {"ring full": 0.25, "CPU workers": 1.0, "GPU workers": 0.75}
+    w.mark()
+    w.waiting(3)
+    w.given(3, gpu=False)
+    now[0] = 3.5
+    w.filled(3)
+    assert w.seconds() == {"ring full": 0.0, "CPU workers": 0.5, "GPU workers": 0.0}
+    w.given(4, gpu=False)
+    w.waiting(4)
+    w.clear()  # a new epoch's batch numbers: nothing of the old one is left
+    assert not w._given and not w._since
 
 
 def test_a_gpu_worker_keeps_its_batches_in_flight(stores, monkeypatch):

@@ -40,11 +40,33 @@ def test_a_short_run_writes_config_metrics_and_checkpoints(shapes, tmp_path):
                 "seconds", "images_per_second"):
         assert key in lines[0]
     assert lines[1]["lr"] == pytest.approx(0.001)                 # dropped by 10 after epoch 1
+    assert "data_wait_seconds" not in lines[0]                    # read in this process: no waits recorded
     ckpt = load_checkpoint(run / "last.pt")                       # weights_only=True inside
     assert torch.load(run / "best.pt", weights_only=True)["arch"] == "cifar-fig1"
     assert ckpt["classes"] and ckpt["mean"].shape == (3, 32, 32) and ckpt["crop"] == 28
     assert sorted(p.name for p in run.glob("epoch-*.pt")) == ["epoch-001.pt", "epoch-002.pt"]
     assert 0.0 <= result["test_1crop"]["top1_error"] <= 1.0 and result["test_1crop"]["images"] == 80
+
+
+def test_with_loader_workers_each_epoch_says_how_long_it_waited_for_batches(shapes, tmp_path):
+    """Loader worker processes (the GPU's default): metrics.jsonl gives each epoch's waits for batches by
+    cause, and the epoch line says so when they add up to 0.05 s or more."""
+    from alexnet.train import _waited_text
+
+    messages = []
+    train(tiny(shapes, tmp_path / "run", loader_workers=1), log=messages.append)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    for m in lines:
+        waited = m["data_wait_seconds"]
+        assert set(waited) == {"ring full", "CPU workers", "GPU workers"} and min(waited.values()) >= 0
+        assert waited["GPU workers"] == 0 and waited["CPU workers"] < m["seconds"]
+    epoch_lines = [str(x) for x in messages if str(x).startswith("epoch ")]
+    assert len(epoch_lines) == 2
+    for text, m in zip(epoch_lines, lines):
+        assert text.endswith(_waited_text(m["data_wait_seconds"]))
+    assert _waited_text({"ring full": 0.01, "CPU workers": 0.02, "GPU workers": 0.0}) == ""
+    assert _waited_text({"ring full": 0.0, "CPU workers": 0.5, "GPU workers": 1.26}) == \
+        "; waited 1.8 s for batches (CPU workers 0.5, GPU workers 1.3)"
 
 
 def _final_weights(run: Path) -> dict:

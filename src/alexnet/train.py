@@ -133,6 +133,14 @@ def train_one_epoch(run: Run, epoch: int, stall: _Stall) -> bool:
     return done or bool(cfg.max_steps and run.global_step >= cfg.max_steps)
 
 
+def _waited_text(waited: dict[str, float] | None) -> str:
+    """The epoch line's account of the waits for batches: '' if under 0.05 s (or not known)."""
+    if not waited or sum(waited.values()) < 0.05:
+        return ""
+    parts = ", ".join(f"{k} {v:.1f}" for k, v in waited.items() if v >= 0.05)
+    return f"; waited {sum(waited.values()):.1f} s for batches ({parts})"
+
+
 def end_epoch(run: Run, epoch: int, stall: _Stall) -> dict:
     """Validate, log the metrics line, drop the learning rate if due, save the epoch's checkpoint."""
     cfg, stats = run.cfg, run.epoch_stats
@@ -150,6 +158,9 @@ def end_epoch(run: Run, epoch: int, stall: _Stall) -> dict:
     share = run.train_feeder.gpu_share(since_epoch=True)
     if share is not None:
         metrics["gpu_decoded_share"] = share  # of the batches filled since this epoch (or its resumed part) began
+    waited = run.train_feeder.waited()  # this process's waits for its batches (rank 0's under DDP)
+    if waited is not None:
+        metrics["data_wait_seconds"] = {k: round(v, 3) for k, v in waited.items()}
     best = val["top1_error"] < run.best_error
     run.best_error = min(run.best_error, val["top1_error"])
     if complete and run.schedule.should_drop(epoch + 1, val["top1_error"]):
@@ -170,7 +181,8 @@ def end_epoch(run: Run, epoch: int, stall: _Stall) -> dict:
             "compilation and warm-up, not counted)") if metrics["warmup_seconds"] else ""
     run.log(f"epoch {epoch + 1}: train loss {train_loss:.4f} top-1 err {train_err:.4f} | val top-1 err "
             f"{val['top1_error']:.4f} top-5 err {val['top5_error']:.4f} | {metrics['images_per_second']:,.0f} img/s, "
-            f"{seconds:.1f} s{warm}" + ("" if share is None else f", {share:.0%} of batches decoded by GPU workers"))
+            f"{seconds:.1f} s{warm}" + ("" if share is None else f", {share:.0%} of batches decoded by GPU workers")
+            + _waited_text(waited))
     if stall.epoch(val["top1_error"], stats_batches, val["images"]):
         raise TrainingDiverged(f"validation error has stayed at chance ({stall.chance_error:.3f}) for "
                                f"{stall.flat_epochs} epochs ({stall.flat_steps} steps): the network is not learning. "

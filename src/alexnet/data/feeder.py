@@ -37,10 +37,11 @@ import torch
 from alexnet import runtime
 from alexnet.data.decode import store_jpeg_decoder
 from alexnet.data.gpu_decode import GPU_DECODERS, default_gpu_workers, resolve_decode, resolve_gpu_decoder
-from alexnet.data.handoff import on_current_stream
+from alexnet.data.handoff import on_current_stream, through_staging
 from alexnet.data.inprocess import InProcessLoader
 from alexnet.data.order import epoch_shards, num_batches
 from alexnet.data.ring import Ring, SlotLayout
+from alexnet.data.waits import Waits
 from alexnet.data.workers import WorkerPool, default_workers
 from alexnet.errors import DataError
 
@@ -148,12 +149,12 @@ class Feeder:
         self._busy = [0] * self._all
         self.filled = [0] * self._all  # batches each worker has filled (CPU workers first), for reports
         self._filled_at_epoch = list(self.filled)
+        self._waits = Waits()  # how long the training process waited for batches, and why
         self._cuda = self.device.type == "cuda"
         self._stream = torch.cuda.Stream(self.device) if self._cuda else None
         self._staging: deque = deque()
         if self._cuda and not self._ring.register_cuda():
-            # The driver refused to page-lock shared memory: copy each slot into pinned staging
-            # buffers first (one memcpy more per batch, in this process).
+            # The driver refused to page-lock the ring: each slot goes through pinned staging buffers.
             self._staging.extend(
                 [None, torch.empty((local_batch, self.split.size, self.split.size, 3), dtype=torch.uint8,
                                    pin_memory=True)] for _ in range(self.prefetch + 2))
@@ -179,6 +180,7 @@ class Feeder:
                                    start_batch=start_batch, drop_last=self.drop_last, device=self.device,
                                    rank=self.rank, world_size=self.world_size, prefetch=self.prefetch, workers=0)
         self._filled_at_epoch = list(self.filled)
+        self._waits.mark()
         return EpochBatches(self, int(epoch), int(start_batch))
 
     def close(self) -> None:
@@ -220,6 +222,11 @@ class Feeder:
         done = [n - m for n, m in zip(self.filled, since or [0] * self._all)]
         return sum(done[self.workers:]) / max(1, sum(done))
 
+    def waited(self) -> dict[str, float] | None:
+        """Seconds the training process waited for batches since the last :meth:`epoch` call, by cause
+        (:mod:`alexnet.data.waits`; None in-process)."""
+        return self._waits.seconds() if self._all else None
+
     def pids(self) -> list[int]:
         return self._pool.pids() if self._all else []
 
@@ -233,6 +240,7 @@ class Feeder:
         self._gen += 1
         self._free.extend(self._ready.values())  # left by an epoch that was not finished
         self._ready.clear()
+        self._waits.clear()
         self._failed: dict[int, DataError] = {}
         order = torch.cat(shards).numpy() if shards else np.zeros(0, np.int64)
         rows = self.split.stored_rows(order)
@@ -260,6 +268,7 @@ class Feeder:
             b, rows, labels = self._todo.popleft()
             self._pool.send(w, (self._gen, b, self._free.popleft(), rows, labels))
             self._busy[w] += 1
+            self._waits.given(b, w >= self.workers)
 
     def _collect(self, timeout: float) -> None:
         try:
@@ -284,7 +293,9 @@ class Feeder:
             self._reclaim()
             self._dispatch()
             if b in self._ready:
+                self._waits.filled(b)
                 return self._ready.pop(b)
+            self._waits.waiting(b)
             if b in self._failed:
                 raise self._failed.pop(b)
             if not self._free and self._releasing and not any(self._busy):
@@ -303,7 +314,7 @@ class Feeder:
             return x.permute(0, 3, 1, 2), y, None
         with torch.cuda.stream(self._stream):
             if self._staging:
-                x, y = self._stage(x, y, slot)
+                x, y = through_staging(self._staging, x, y, self.device)
             else:
                 x = x.to(self.device, non_blocking=True)
                 y = y.to(self.device, non_blocking=True)
@@ -313,16 +324,6 @@ class Feeder:
         if self._staging:
             self._staging[-1][0] = ev
         return x.permute(0, 3, 1, 2), y, ev
-
-    def _stage(self, x: torch.Tensor, y: torch.Tensor, slot: int):
-        """Unregistered ring: through a pinned buffer (whose last copy must be done before reuse)."""
-        self._staging.rotate(-1)
-        ev, buf = self._staging[-1]
-        if ev is not None:
-            ev.synchronize()
-        buf[: len(x)].copy_(x)
-        y = y.clone().pin_memory()
-        return buf[: len(x)].to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def _empty(self):
         S = self.split.size
@@ -349,6 +350,7 @@ class Feeder:
             self._collect(0.0)
             self._dispatch()
             while nxt < len(shards) and nxt <= k + self.prefetch and (not len(shards[nxt]) or nxt in self._ready):
+                self._waits.filled(nxt)
                 pending.append(deliver(nxt, self._ready.pop(nxt, None)))
                 nxt += 1
             yield pending.popleft()

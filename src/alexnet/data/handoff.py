@@ -1,6 +1,7 @@
 """Handing batches from a producer thread to the training loop, as the in-process loader and the GPU
 decoder both do: a bounded queue that a stop event can interrupt, exceptions carried to the consumer,
-and the consumer's CUDA stream made to wait for the producer's copy."""
+and the consumer's CUDA stream made to wait for the producer's copy; and the Feeder's copies through
+pinned staging buffers where the driver would not page-lock its ring."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import threading
 
 import torch
 
-__all__ = ["Failure", "put", "stop_and_drain", "on_current_stream"]
+__all__ = ["Failure", "put", "stop_and_drain", "on_current_stream", "through_staging"]
 
 
 class Failure:
@@ -49,3 +50,16 @@ def on_current_stream(x: torch.Tensor, y: torch.Tensor, ev, device: torch.device
         x.record_stream(cur)
         y.record_stream(cur)
     return x, y
+
+
+def through_staging(staging, x: torch.Tensor, y: torch.Tensor, device):
+    """(x, y) sent to ``device`` through the next of ``staging``'s page-locked buffers (a deque of
+    [event, buffer], taken in turn; a buffer's last copy is waited for before it is reused), for a ring
+    the driver would not page-lock. The caller records the new copy's event into ``staging[-1][0]``."""
+    staging.rotate(-1)
+    ev, buf = staging[-1]
+    if ev is not None:
+        ev.synchronize()
+    buf[: len(x)].copy_(x)
+    y = y.clone().pin_memory()
+    return buf[: len(x)].to(device, non_blocking=True), y.to(device, non_blocking=True)
