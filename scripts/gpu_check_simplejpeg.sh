@@ -8,8 +8,7 @@
 # its 600 s limit. Prints a table last.
 source scripts/gpu_env.sh
 LOG=$OUT/e2e.log; : > "$LOG"
-python -m pip install -q --no-deps --no-index --target /tmp/nvpkgs .whl/*.whl > /dev/null 2>&1
-export PYTHONPATH=/tmp/nvpkgs:$PYTHONPATH
+nv_wheels
 python -c "import simplejpeg, torch; print('simplejpeg', simplejpeg.__version__, 'torch', torch.__version__)"
 timeout 60 python -m pytest -q -m gpu tests/test_feeder.py -k "gpu_decoders or test_cuda" > $OUT/feeder_gpu.txt 2>&1
 stamp "feeder GPU tests: $(tail -1 $OUT/feeder_gpu.txt)"

@@ -9,8 +9,7 @@
 # the host (as DALI's hybrid_huffman_threshold says for images under 1 MP). Run in the fourth session
 # (RESULTS.md): each GPU decoder keeps one core busy, at 9,000-18,000 images/s.
 source scripts/gpu_env.sh
-python -m pip install -q --no-deps --no-index --target /tmp/nvpkgs .whl/*.whl > /dev/null 2>&1
-export PYTHONPATH=/tmp/nvpkgs:$PYTHONPATH
+nv_wheels
 timeout 60 python -c "from alexnet.data.replica import make_replica_store as m; m('.carry/imagenet-sample', '/tmp/rep', count=64000, progress=False)" > /dev/null 2>&1
 stamp "store: $?"
 timeout 200 python scripts/bench_gpu_decode.py /tmp/rep --images 25600 --nvimgcodec-threads 1 2 4 8 --no-all-gpus \

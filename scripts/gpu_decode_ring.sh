@@ -8,8 +8,7 @@
 # CPU workers (the default) against mixed with 1 and 2 GPU workers. Prints the tables last.
 source scripts/gpu_env.sh
 LOG=$OUT/e2e.log; : > "$LOG"
-python -m pip install -q --no-deps --no-index --target /tmp/nvpkgs .whl/*.whl > /dev/null 2>&1
-export PYTHONPATH=/tmp/nvpkgs:$PYTHONPATH
+nv_wheels
 timeout 150 python -c "from alexnet.data.replica import make_replica_store as m; m('.carry/imagenet-sample', '/tmp/rep', count=${COUNT:-160000}, progress=False)" > /dev/null 2>&1
 stamp "store: $? $(du -sh /tmp/rep | cut -f1)"
 timeout 200 python -c "

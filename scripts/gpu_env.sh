@@ -3,7 +3,7 @@
 # `stamp`, which prefixes a line with the seconds since the script started, and `train NAME LIMIT CMD...`,
 # which runs an `alexnet train` command (ONE: one process, TWO: torchrun on two GPUs) into
 # /tmp/runs/NAME under a time limit, its output appended to $LOG; `photo_tree DEST`, the sample photos as
-# an image-folder tree; `raw_store`, `jpeg_store`: the stores the runs read; `run_all`, `with_mps`,
+# an image-folder tree; `raw_store`, `jpeg_store`: the stores the runs read (`nv_wheels`: the GPU decoders); `run_all`, `with_mps`,
 # `mps_start`, `mps_stop`: runs, with or without NVIDIA's MPS daemon; `watch`: where a run's cores (and the GPU, its JPEG engines) go;
 # `sitecustomize`: a module constant patched in the processes of a run.
 set -uo pipefail
@@ -33,11 +33,15 @@ raw_store() {  # COUNT: the sample photos prepared raw at 256 (/tmp/D0) and repe
   timeout 120 python -c "from alexnet.tools.bench_data import replicate_prepared as r; print(r('/tmp/D0', '/tmp/D', $1))" >> "$LOG" 2>&1
   stamp "raw store: $(du -sh /tmp/D | cut -f1)"
 }
-jpeg_store() {  # COUNT: the GPU decoders (.whl/) on PYTHONPATH and a JPEG-90 replica store /tmp/rep of COUNT train images
+nv_wheels() {  # the GPU decoders (.whl/: nvImageCodec, nvJPEG) installed into /tmp/nvpkgs and put on PYTHONPATH
   python -m pip install -q --no-deps --no-index --target /tmp/nvpkgs .whl/*.whl > /dev/null 2>&1
   export PYTHONPATH=/tmp/nvpkgs:$PYTHONPATH
-  timeout 150 python -c "from alexnet.data.replica import make_replica_store as m; m('.carry/imagenet-sample', '/tmp/rep', count=$1, progress=False)" > /dev/null 2>&1
-  stamp "store: $? $(du -sh /tmp/rep | cut -f1)"
+}
+jpeg_store() {  # COUNT [SECONDS]: nv_wheels and a JPEG-90 replica store /tmp/rep of COUNT train images,
+  # written within SECONDS (150; ImageNet's 1,281,167 need about 160 on 32 cores)
+  nv_wheels
+  timeout "${2:-150}" python -c "from alexnet.data.replica import make_replica_store as m; m('.carry/imagenet-sample', '/tmp/rep', count=$1, progress=False)" > /dev/null 2>&1
+  stamp "store: $? $(du -sh /tmp/rep | cut -f1) ($(du -sb /tmp/rep | cut -f1) bytes)"
 }
 run_all() {  # RUNS (lines "name|gpus|data|options"), each one `alexnet train` process on REP's data, while
   # more than 40 s of LIMIT (seconds from the script's start) is left, each for at most RUN_LIMIT seconds

@@ -8,8 +8,7 @@
 # under MPS at 100% and 90%. Tables last.
 source scripts/gpu_env.sh
 LOG=$OUT/e2e.log; : > "$LOG"
-python -m pip install -q --no-deps --no-index --target /tmp/nvpkgs .whl/*.whl > /dev/null 2>&1
-export PYTHONPATH=/tmp/nvpkgs:$PYTHONPATH
+nv_wheels
 sitecustomize /tmp/stdhuff "import alexnet.data.decode as d; d.OPTIMIZE_HUFFMAN = False"
 store() {  # DEST, then env assignments for the writing processes
   local dest=$1; shift

@@ -7,10 +7,7 @@
 # (2) 2 x 128 without MPS (auto: CPU decoding).
 source scripts/gpu_env.sh
 LOG=$OUT/e2e.log; : > "$LOG"
-python -m pip install -q --no-deps --no-index --target /tmp/nvpkgs .whl/*.whl > /dev/null 2>&1
-export PYTHONPATH=/tmp/nvpkgs:$PYTHONPATH
-timeout 300 python -c "from alexnet.data.replica import make_replica_store as m; m('.carry/imagenet-sample', '/tmp/rep', progress=False)"
-stamp "store: $? $(du -sb /tmp/rep | cut -f1) bytes"
+jpeg_store 1281167 300  # ImageNet's size (make_replica_store's default count)
 REP=(--data /tmp/rep --epochs 2 --val-split val --test-crops 1 --eval-batch-size 500 --stall-epochs 0)
 if mps_start; then
   train in2-2x256 170 "${TWO[@]}" "${REP[@]}" --batch-per-process 256

@@ -4,8 +4,7 @@
 # GPU from a 128,000-image replica store. (That day the device time ran out: the exit test and the
 # store hit the shorter limits they had then.)
 source scripts/gpu_env.sh
-python -m pip install -q --no-deps --no-index --target /tmp/nvpkgs .whl/*.whl > /dev/null 2>&1
-export PYTHONPATH=/tmp/nvpkgs:$PYTHONPATH
+nv_wheels
 timeout 45 python -m pytest -q -m gpu tests/test_feeder.py -k "gpu_decoders or test_cuda" > $OUT/feeder_gpu.txt 2>&1; stamp "feeder GPU tests: $(tail -1 $OUT/feeder_gpu.txt)"
 timeout 200 python -m pytest -q -m gpu tests/test_distributed.py -k "graphed_distributed and columns" > $OUT/exit_columns.txt 2>&1; stamp "columns exit test: $(tail -1 $OUT/exit_columns.txt)"
 timeout 90 python -c "from alexnet.data.replica import make_replica_store as m; m('.carry/imagenet-sample', '/tmp/rep', count=128000, progress=False)" > /dev/null 2>&1; stamp store

@@ -10,8 +10,7 @@
 source scripts/gpu_env.sh
 COUNT_RAW=${COUNT_RAW:-200000} COUNT=${COUNT:-256000}
 LOG=$OUT/e2e.log; : > "$LOG"
-python -m pip install -q --no-deps --no-index --target /tmp/nvpkgs .whl/*.whl > /dev/null 2>&1
-export PYTHONPATH=/tmp/nvpkgs:$PYTHONPATH
+nv_wheels
 raw_store $COUNT_RAW
 RAW=(--data /tmp/D --epochs 3 --test-crops 1)
 REP=(--data /tmp/rep --epochs 1 --val-split val --test-crops 1 --eval-batch-size 500)
