@@ -202,7 +202,9 @@ def encode_store_jpeg(img_hwc: np.ndarray, quality: int, optimize: bool | None =
     """One uint8 (S,S,3) image as a baseline JPEG of ``quality`` (libjpeg-turbo, 4:2:0 chroma).
     ``optimize`` (None: :data:`OPTIMIZE_HUFFMAN`): Huffman tables made for the image (through PIL)
     rather than the standard ones (through torchvision); the decoded pixels are the same."""
-    if OPTIMIZE_HUFFMAN if optimize is None else optimize:
+    if optimize is None:
+        optimize = OPTIMIZE_HUFFMAN
+    if optimize:
         from PIL import Image
 
         buf = io.BytesIO()
