@@ -320,3 +320,90 @@ def check_pool_kernels(mp, device, bf16_rtol):
             ref = torch.autograd.grad(F.max_pool2d(x64, k, s), x64, g.double())[0]
             err = ((dx.double() - ref).abs() / ref.abs().clamp_min(1e-30)).max().item()
             assert err <= (1e-6 if dt == torch.float32 else bf16_rtol), (err, n, c, h, w, k, s, dt)
+
+
+# ----------------------------------------------------------------------------------------------
+# The paper's update in one pass (alexnet.kernels.paper_update, alexnet.optim.paper_update)
+
+
+def same_update(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
+    """On CUDA the kernel gives the foreach passes' bits; under the interpreter (and torch's CPU foreach) a
+    rounding may differ: within an ulp of the operands (w + v may cancel, so not relative to the result)."""
+    if CUDA:
+        assert torch.equal(got, want), f"{what}: max difference {(got - want).abs().max().item():.3g}"
+    else:
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7, msg=lambda m: f"{what}: {m}")
+
+
+@pytest.mark.parametrize("shape,layout", [((7,), "nchw"), ((10_007,), "nchw"), ((96, 48, 3, 3), "nhwc"),
+                                          ((6, 5, 3, 3), "nchw"), ((40, 37), "nchw")])
+@pytest.mark.parametrize("weight_decay", [5e-4, 0.05, 0.0])
+def test_paper_update_kernel_gives_the_foreach_passes_result(shape, layout, weight_decay, monkeypatch):
+    from alexnet.kernels import paper_update as pu
+    from alexnet.optim import foreach_update
+
+    monkeypatch.setitem(pu.CONFIG, "block", 1024)   # several programs, the last one partly masked
+    w, g, v = (make(shape, layout, torch.float32, spread) if len(shape) == 4 else
+               (torch.randn(shape, dtype=torch.float64) * spread).float().to(DEV) for spread in (0.05, 0.3, 0.01))
+    rw, rg, rv = w.clone(), g.clone(), v.clone()
+    for eps in (0.1, 0.01):                          # two steps, a drop between them
+        pu.update_(w, g, v, eps, 0.9, weight_decay)
+        foreach_update([rw], [rg], [rv], eps, 0.9, weight_decay)
+    same_update(v, rv, "velocity")
+    same_update(w, rw, "weights")
+    assert torch.equal(g, rg)                        # the gradient is only read
+
+
+def test_paper_update_kernel_takes_dense_float32_triples_only():
+    from alexnet.kernels.paper_update import fusable
+
+    w = torch.zeros(4, 3, 5, 5, device=DEV)
+    nhwc = w.contiguous(memory_format=torch.channels_last)
+    assert fusable(w, w.clone(), w.clone()) and fusable(nhwc, nhwc.clone(), nhwc.clone())
+    assert not fusable(w, nhwc, w.clone())                       # the strides differ
+    assert not fusable(w.double(), w.double(), w.double())
+    assert not fusable(w, w.bfloat16(), w.clone())
+    t = torch.zeros(6, 8, device=DEV).t()                        # dense but neither layout
+    assert not fusable(t, t.clone(), t.clone())
+    flat = torch.zeros(100, device=DEV)
+    assert fusable(flat[10:60], flat[:50].clone(), flat[40:90])  # slices of flat weights (reduce="shard")
+    assert not fusable(flat[::2], flat[::2].clone(), flat[::2].clone())
+
+
+def test_paper_sgd_through_the_kernel_equals_the_foreach_passes(monkeypatch):
+    """A model's parameters (channels_last convolutions, biases, a float64 one and a strided one that the
+    kernel leaves to the foreach passes), two parameter groups, steps across a drop."""
+    import alexnet.optim as optim
+    from alexnet.kernels import paper_update as pu
+    from alexnet.models import build_model
+
+    calls = []
+    kernel = pu.update_
+    monkeypatch.setattr(pu, "update_", lambda w, *a: calls.append(w.shape) or kernel(w, *a))
+
+    def trained(fused: bool):
+        monkeypatch.setattr(optim, "FUSED_ON_CUDA", fused)
+        torch.manual_seed(0)
+        model = build_model("cifar-fig1").to(DEV).to(memory_format=torch.channels_last)
+        extra = [torch.nn.Parameter(torch.randn(5, dtype=torch.float64, device=DEV)),
+                 torch.nn.Parameter(torch.randn(8, 6, device=DEV).t())]
+        groups = optim.param_groups(model, "cuda-convnet", 0.01)
+        groups[0]["params"] += extra
+        opt = optim.PaperSGD(groups, lr=0.01)
+        params = [p for g in groups for p in g["params"]]
+        for step in range(3):
+            gen = torch.Generator().manual_seed(step)
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype).to(DEV).as_strided(p.shape, p.stride())
+            opt.step()
+            if step == 1:
+                optim.drop_learning_rate(opt, 10)
+        return params, opt
+
+    fused, opt = trained(True)
+    assert len(calls) == 3 * (len(fused) - 2)        # every parameter but the last two, at each step
+    plain, ref = trained(False)
+    assert len(calls) == 3 * (len(fused) - 2)
+    for a, b in zip(fused, plain):
+        same_update(a.detach(), b.detach(), f"parameter {tuple(a.shape)}")
+        same_update(opt.state[a]["velocity"], ref.state[b]["velocity"], f"velocity {tuple(a.shape)}")

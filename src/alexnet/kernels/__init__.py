@@ -3,6 +3,7 @@ with its autograd formula and a CPU fallback (the reference in `alexnet.layers`)
 
 * `response_norm`: cross-channel response normalisation, optionally fused with the ReLU before it.
 * `max_pool`: overlapping max-pooling that keeps each window's argmax for the backward pass.
+* `paper_update`: the paper's SGD update in one pass per parameter (`alexnet.optim.paper_update`).
 
 `HAVE_TRITON` is False where Triton does not import; the operators then always run the reference.
 """
