@@ -66,12 +66,12 @@ def paper_update(params: list[torch.Tensor], grads: list[torch.Tensor], velociti
     """The paper's rule in place on lists of tensors (whole parameters, or slices of them: the rule is
     elementwise): v <- momentum v - weight_decay eps w - eps g; w <- w + v. On CUDA through the fused
     kernel where it applies (`FUSED_ON_CUDA`), else in four foreach passes."""
-    if FUSED_ON_CUDA and params and _on_kernel(params[0]):
+    if FUSED_ON_CUDA and any(map(_on_kernel, params)):
         from alexnet.kernels.paper_update import fusable, update_
 
         rest = []
         for w, g, v in zip(params, grads, velocities):
-            if fusable(w, g, v):
+            if _on_kernel(w) and fusable(w, g, v):
                 update_(w, g, v, eps, momentum, weight_decay)
             else:
                 rest.append((w, g, v))
