@@ -9,6 +9,9 @@
 source scripts/gpu_env.sh
 LOG=$OUT/e2e.log; : > "$LOG"
 GPUS=$(nvidia-smi -L | wc -l)
+# the update kernel's GPU tests first (its weight-decay-free branch and the bit-level comparison came after
+# the tenth session's GPU call)
+timeout 120 python -m pytest -q -p no:cacheprovider tests/test_kernels.py -k "update or sgd" 2>&1 | tail -3 > "$OUT/tests.txt"
 timeout 90 python -m alexnet bench --batch 256 128 --rows step --steps 40 --repeats 5 --warmup 6 \
   --only alexnet2012:graphed 2>>"$LOG" | grep -E "^form|^alexnet2012" > "$OUT/bench.txt"
 jpeg_store 1281167 430  # about 265 s on the one-GPU machine's 16 cores, 162 s on 32
@@ -28,6 +31,7 @@ in-1x128|1|1 x 128, MPS (defaults)"
   run_all "in-1x128c|1|REP|--batch-size 128"
   if mps_start; then run_all "in-1x128|1|REP|--batch-size 128"; mps_stop; fi
 fi
+cat "$OUT/tests.txt"
 grep -E "^loader|rror|Traceback" "$LOG" | sort | uniq -c | cut -c1-300
 echo "resident step, graphed (images/s):"; cat "$OUT/bench.txt"
 python scripts/runs_table.py "$RUNS"

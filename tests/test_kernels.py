@@ -327,10 +327,13 @@ def check_pool_kernels(mp, device, bf16_rtol):
 
 
 def same_update(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
-    """On CUDA the kernel gives the foreach passes' bits; under the interpreter (and torch's CPU foreach) a
-    rounding may differ: within an ulp of the operands (w + v may cancel, so not relative to the result)."""
+    """On CUDA the kernel gives the foreach passes' bits (compared as integers: a zero's sign counts too);
+    under the interpreter (and torch's CPU foreach) a rounding may differ: within an ulp of the operands
+    (w + v may cancel, so not relative to the result)."""
     if CUDA:
-        assert torch.equal(got, want), f"{what}: max difference {(got - want).abs().max().item():.3g}"
+        bits = torch.int64 if got.dtype == torch.float64 else torch.int32
+        same_bits = torch.equal(got.view(bits), want.view(bits))
+        assert same_bits, f"{what}: max difference {(got - want).abs().max().item():.3g}"
     else:
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7, msg=lambda m: f"{what}: {m}")
 

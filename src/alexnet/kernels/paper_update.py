@@ -3,7 +3,7 @@
     v <- momentum v - weight_decay eps w - eps g
     w <- w + v
 
-`alexnet.optim.paper_update`'s reference does it in four foreach passes (v scaled; w, then g, added
+`alexnet.optim.foreach_update`, the reference, does it in four foreach passes (v scaled; w, then g, added
 into v; v added into w), which read or write each element's four bytes 11 times; this kernel reads
 w, g and v once and writes v and w once: 5 times. The update is memory-bound, so for the paper's
 60,965,224 float32 parameters that is about 1.2 GB of memory traffic a step instead of 2.7.
@@ -30,14 +30,15 @@ CONFIG = {"block": 4096, "warps": 8}
 
 
 @triton.jit
-def _paper_update(w_ptr, g_ptr, v_ptr, n, momentum, decay, step, BLOCK: tl.constexpr):
+def _paper_update(w_ptr, g_ptr, v_ptr, n, momentum, decay, step, DECAY: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     mask = offs < n
     w = tl.load(w_ptr + offs, mask=mask)
     g = tl.load(g_ptr + offs, mask=mask)
     v = tl.load(v_ptr + offs, mask=mask)
     v = v * momentum
-    v = tl.fma(w, decay, v)      # + (-weight_decay eps) w
+    if DECAY:                    # without decay the reference skips the pass (and so a zero's sign)
+        v = tl.fma(w, decay, v)  # + (-weight_decay eps) w
     v = tl.fma(g, step, v)       # + (-eps) g
     tl.store(v_ptr + offs, v, mask=mask)
     tl.store(w_ptr + offs, w + v, mask=mask)
@@ -54,7 +55,7 @@ def update_(w: torch.Tensor, g: torch.Tensor, v: torch.Tensor, eps: float, momen
     block = CONFIG["block"]
     with device_guard(w):
         _paper_update[(triton.cdiv(n, block),)](w, g, v, n, momentum, -weight_decay * eps, -eps,
-                                               BLOCK=block, num_warps=CONFIG["warps"])
+                                               DECAY=bool(weight_decay), BLOCK=block, num_warps=CONFIG["warps"])
 
 
 def fusable(w: torch.Tensor, g: torch.Tensor, v: torch.Tensor) -> bool:
