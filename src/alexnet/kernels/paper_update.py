@@ -11,7 +11,7 @@ w, g and v once and writes v and w once: 5 times. The update is memory-bound, so
 The arithmetic is the foreach passes' own, in their order: v * momentum rounded, then two fused
 multiply-adds (torch's foreach add with ``alpha`` computes ``v + alpha * x`` in one), then w + v. The
 scalars are the ones torch passes to those kernels (momentum, -weight_decay * eps and -eps, each made
-a float32). So on CUDA the kernel gives the foreach passes' bits (tested on the GPU); on the CPU,
+a float32). So on CUDA the kernel gives the foreach passes' bits (the GPU tests compare them); on the CPU,
 under Triton's interpreter, within a rounding.
 """
 
