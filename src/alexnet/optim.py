@@ -18,8 +18,7 @@ import torch
 from torch import nn
 
 from alexnet.errors import ConfigError
-from alexnet.kernels import HAVE_TRITON
-from alexnet.kernels.ops import INTERPRET
+from alexnet.kernels.ops import on_kernel_device
 
 
 class PaperSGD(torch.optim.Optimizer):
@@ -66,12 +65,12 @@ def paper_update(params: list[torch.Tensor], grads: list[torch.Tensor], velociti
     """The paper's rule in place on lists of tensors (whole parameters, or slices of them: the rule is
     elementwise): v <- momentum v - weight_decay eps w - eps g; w <- w + v. On CUDA through the fused
     kernel where it applies (`FUSED_ON_CUDA`), else in four foreach passes."""
-    if FUSED_ON_CUDA and any(map(_on_kernel, params)):
+    if FUSED_ON_CUDA and any(map(on_kernel_device, params)):
         from alexnet.kernels.paper_update import fusable, update_
 
         rest = []
         for w, g, v in zip(params, grads, velocities):
-            if _on_kernel(w) and fusable(w, g, v):
+            if on_kernel_device(w) and fusable(w, g, v):
                 update_(w, g, v, eps, momentum, weight_decay)
             else:
                 rest.append((w, g, v))
@@ -79,11 +78,6 @@ def paper_update(params: list[torch.Tensor], grads: list[torch.Tensor], velociti
             return
         params, grads, velocities = (list(t) for t in zip(*rest))
     foreach_update(params, grads, velocities, eps, momentum, weight_decay)
-
-
-def _on_kernel(t: torch.Tensor) -> bool:
-    """Whether the fused kernel can run on ``t``'s device: CUDA, or the CPU under Triton's interpreter."""
-    return HAVE_TRITON and (t.is_cuda or (INTERPRET and t.device.type == "cpu"))
 
 
 def foreach_update(params: list[torch.Tensor], grads: list[torch.Tensor], velocities: list[torch.Tensor], eps: float,

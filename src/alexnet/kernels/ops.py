@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from alexnet.kernels import HAVE_TRITON
 from alexnet.layers import response_norm
 
-__all__ = ["relu_response_norm", "max_pool", "reference_response_norm_backward"]
+__all__ = ["relu_response_norm", "max_pool", "reference_response_norm_backward", "on_kernel_device"]
 
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 #: Under Triton's interpreter (TRITON_INTERPRET=1 when the kernels are imported; the test suite does
@@ -27,9 +27,13 @@ _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def on_kernel_device(x: torch.Tensor) -> bool:
+    """Whether a Triton kernel can run on ``x``'s device: CUDA, or the CPU under Triton's interpreter."""
+    return HAVE_TRITON and (x.is_cuda or (INTERPRET and x.device.type == "cpu"))
+
+
 def _on_kernel(x: torch.Tensor) -> bool:
-    return (HAVE_TRITON and x.dim() == 4 and x.dtype in _KERNEL_DTYPES
-            and (x.is_cuda or (INTERPRET and x.device.type == "cpu")))
+    return x.dim() == 4 and x.dtype in _KERNEL_DTYPES and on_kernel_device(x)
 
 
 def _fmt(x: torch.Tensor) -> torch.memory_format:
