@@ -5,7 +5,7 @@
 # /tmp/runs/NAME under a time limit, its output appended to $LOG; `photo_tree DEST`, the sample photos as
 # an image-folder tree; `raw_store`, `jpeg_store`: the stores the runs read (`nv_wheels`: the GPU decoders); `run_all`, `with_mps`,
 # `mps_start`, `mps_stop`: runs, with or without NVIDIA's MPS daemon; `watch`: where a run's cores (and the GPU, its JPEG engines) go;
-# `sitecustomize`: a module constant patched in the processes of a run.
+# `resident_step`: the step on GPU-resident batches; `sitecustomize`: a module constant patched in the processes of a run.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -67,6 +67,11 @@ mps_stop() {
 }
 watch() {  # NAME: scripts/cpu_monitor.py beside the run NAME (started just before it), over its epoch 2
   python scripts/cpu_monitor.py "/tmp/runs/$1" "$1" --gpu >> "$OUT/cpu.txt" 2>&1 &
+}
+resident_step() {  # BATCH...: the paper's net's step on GPU-resident batches (`alexnet bench --rows step`,
+  # graphed), its table on stdout (the line "alexnet2012 graphed RATE..."), 120 s at most
+  timeout 120 python -m alexnet bench --batch "$@" --rows step --steps 40 --repeats 5 --warmup 6 \
+    --only alexnet2012:graphed
 }
 sitecustomize() {  # DIR CODE: DIR/sitecustomize.py runs CODE in every process started with DIR on PYTHONPATH
   mkdir -p "$1" && echo "$2" > "$1/sitecustomize.py"

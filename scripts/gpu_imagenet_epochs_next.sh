@@ -12,8 +12,7 @@ GPUS=$(nvidia-smi -L | wc -l)
 # the update kernel's GPU tests first (its weight-decay-free branch and the bit-level comparison came after
 # the tenth session's GPU call)
 timeout 120 python -m pytest -q -p no:cacheprovider tests/test_kernels.py -k "update or sgd" 2>&1 | tail -3 > "$OUT/tests.txt"
-timeout 90 python -m alexnet bench --batch 256 128 --rows step --steps 40 --repeats 5 --warmup 6 \
-  --only alexnet2012:graphed 2>>"$LOG" | grep -E "^form|^alexnet2012" > "$OUT/bench.txt"
+resident_step 256 128 2>>"$LOG" | grep -E "^form|^alexnet2012" > "$OUT/bench.txt"
 jpeg_store 1281167 430  # about 265 s on the one-GPU machine's 16 cores, 162 s on 32
 REP=(--data /tmp/rep --epochs 2 --val-split val --test-crops 1 --eval-batch-size 500 --stall-epochs 0)
 LIMIT=590 RUN_LIMIT=130

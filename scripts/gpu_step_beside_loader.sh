@@ -10,8 +10,7 @@ source scripts/gpu_env.sh
 LOG=$OUT/e2e.log; : > "$LOG"
 jpeg_store 128000
 bench() {  # LABEL: the resident step at 256, one line
-  timeout 90 python -m alexnet bench --batch 256 --rows step --steps 40 --repeats 5 --warmup 6 \
-    --only alexnet2012:graphed 2>>"$LOG" | tail -1 | sed "s|^|$1 |" >> "$OUT/step.txt"
+  resident_step 256 2>>"$LOG" | tail -1 | sed "s|^|$1 |" >> "$OUT/step.txt"
   stamp "bench $1"
 }
 beside() {  # LABEL WORKERS MODE GPU_WORKERS START_S: the step while the loader runs
