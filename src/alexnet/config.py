@@ -128,6 +128,10 @@ class TrainConfig:
                                       "pip install alexnet[gpu-decode]), torchvision (nvJPEG on the SMs); "
                                       "auto: nvimgcodec when installed", choices=("auto", "nvimgcodec", "torchvision"),
                               resume="apply", group="running")
+    mps: str = option("auto", "NVIDIA's MPS daemon, so GPU workers decode beside the training step instead of "
+                              "taking turns with it: auto starts one for this run (stopped when it ends) where GPU "
+                              "workers decode a prepared JPEG store in one process and none runs; off: never",
+                      choices=("auto", "off"), resume="apply", group="running")
     stall_window: int = option(3000, "steps with the loss at ln(classes) before the run is stopped (0: never)",
                                resume="apply", group="running")
     stall_epochs: int = option(3, "epochs with the validation error at chance before the run is stopped "
@@ -142,7 +146,7 @@ def field_help(name: str) -> str:
     return FIELDS[name].metadata["help"]
 
 
-def _installed(module: str) -> bool:
+def installed(module: str) -> bool:
     try:
         return importlib.util.find_spec(module) is not None
     except ImportError:  # its parent package is missing
@@ -171,9 +175,9 @@ def check(cfg: TrainConfig) -> None:
     for name in ("workers", "loader_workers"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, not {getattr(cfg, name)}")
-    if cfg.cpu_decoder == "simplejpeg" and not _installed("simplejpeg"):
+    if cfg.cpu_decoder == "simplejpeg" and not installed("simplejpeg"):
         raise ConfigError("--cpu-decoder simplejpeg: simplejpeg is not installed (pip install simplejpeg)")
-    if cfg.decode in ("cuda", "mixed") and cfg.gpu_decoder == "nvimgcodec" and not _installed("nvidia.nvimgcodec"):
+    if cfg.decode in ("cuda", "mixed") and cfg.gpu_decoder == "nvimgcodec" and not installed("nvidia.nvimgcodec"):
         raise ConfigError("--gpu-decoder nvimgcodec: nvImageCodec is not installed "
                           "(pip install alexnet[gpu-decode])")
     if cfg.decode != "cpu" and cfg.gpu_workers is not None and cfg.gpu_workers < 1:

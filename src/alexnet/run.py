@@ -24,6 +24,7 @@ from alexnet.config import FIELDS, TrainConfig, merge_for_resume, resolve
 from alexnet.data.augment import Augment, input_scale
 from alexnet.data.feeder import Feeder
 from alexnet.data.gpu_decode import GPU_WORKERS_WITH_MPS, START_MPS, mps_running
+from alexnet.data.mps import start_for_run as start_mps_for_run
 from alexnet.data.splits import open_prepared, split_train_val
 from alexnet.errors import ConfigError, DataError, TrainingDiverged
 from alexnet.models import build_model, get_arch, model_options
@@ -183,6 +184,7 @@ def setup(cfg: TrainConfig, log=print, stop=None, given: set[str] | None = None)
 
 def _setup(cfg: TrainConfig, log, stop, given, dist: DistributedContext) -> Run:
     cfg, resume = _configuration(resolve(cfg), given, log)
+    start_mps_for_run(cfg, log)                  # before CUDA is first touched: the driver connects to MPS then
     run_dir = Path(cfg.out)
     devices = _devices(cfg, dist)
     device = devices[0]                          # where batches are read and augmented

@@ -65,8 +65,10 @@ def resolve_gpu_decoder(name: str, device) -> str:
 AUTO_MIXED_BELOW_CORES = 24
 # Without MPS, one GPU worker was measured no faster at 128 images per process (+2% in the sixth
 # session, 0% / -7% in the seventh): below this batch auto keeps CPU decoding unless MPS runs (with it,
-# 3 GPU workers gave +12% at 128). All these rules were measured with the four-pass update; the one-pass
-# update (2026-12-01) made the step 11% faster at 128, past what 16 cores decode: to be measured again.
+# 3 GPU workers gave +12% at 128). Measured again with the one-pass update at ImageNet size (eleventh
+# session): without MPS, CPU decoding 79-88% of the step at 128 and one GPU worker 86%, within that
+# spread, so the rule stands; with MPS 94.5-96.2%, which is why `alexnet train` starts MPS itself
+# (alexnet.data.mps, --mps auto) where GPU workers decode.
 AUTO_MIXED_MIN_BATCH_WITHOUT_MPS = 256
 # Several training processes on one machine (DDP on the two-H200 machine, 32 cores, eighth session):
 # under MPS, 3 GPU + 11 CPU workers per process gave 74,617-76,200 images/s at 256 per GPU against
