@@ -146,7 +146,7 @@ def field_help(name: str) -> str:
     return FIELDS[name].metadata["help"]
 
 
-def installed(module: str) -> bool:
+def _installed(module: str) -> bool:
     try:
         return importlib.util.find_spec(module) is not None
     except ImportError:  # its parent package is missing
@@ -175,9 +175,9 @@ def check(cfg: TrainConfig) -> None:
     for name in ("workers", "loader_workers"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, not {getattr(cfg, name)}")
-    if cfg.cpu_decoder == "simplejpeg" and not installed("simplejpeg"):
+    if cfg.cpu_decoder == "simplejpeg" and not _installed("simplejpeg"):
         raise ConfigError("--cpu-decoder simplejpeg: simplejpeg is not installed (pip install simplejpeg)")
-    if cfg.decode in ("cuda", "mixed") and cfg.gpu_decoder == "nvimgcodec" and not installed("nvidia.nvimgcodec"):
+    if cfg.decode in ("cuda", "mixed") and cfg.gpu_decoder == "nvimgcodec" and not _installed("nvidia.nvimgcodec"):
         raise ConfigError("--gpu-decoder nvimgcodec: nvImageCodec is not installed "
                           "(pip install alexnet[gpu-decode])")
     if cfg.decode != "cpu" and cfg.gpu_workers is not None and cfg.gpu_workers < 1:

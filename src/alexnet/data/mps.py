@@ -21,6 +21,7 @@ there (``nvidia-cuda-mps-control -d``).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -28,7 +29,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-from alexnet.config import installed
 from alexnet.data import format as F
 from alexnet.data.gpu_decode import AUTO_MIXED_BELOW_CORES, START_MPS, mps_running
 
@@ -80,6 +80,14 @@ try:
 finally:
     shutil.rmtree(directory, ignore_errors=True)
 """
+
+
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported, without importing it (config's check; config sits above data)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # its parent package is missing
+        return False
 
 
 def _train_encoding(cfg) -> str | None:
