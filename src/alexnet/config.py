@@ -14,12 +14,12 @@ depend on the architecture. On `--resume`, the run's saved configuration wins: a
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from dataclasses import dataclass, field
 from typing import Any
 
 from alexnet.errors import ConfigError
 from alexnet.models import get_arch
+from alexnet.runtime import installed
 
 __all__ = ["TrainConfig", "check", "resolve", "field_help", "merge_for_resume"]
 
@@ -146,13 +146,6 @@ def field_help(name: str) -> str:
     return FIELDS[name].metadata["help"]
 
 
-def _installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ImportError:  # its parent package is missing
-        return False
-
-
 def check(cfg: TrainConfig) -> None:
     """Every value in range, before any work: one ConfigError naming the option."""
     arch = get_arch(cfg.arch)                     # an unknown name lists the valid ones
@@ -175,9 +168,9 @@ def check(cfg: TrainConfig) -> None:
     for name in ("workers", "loader_workers"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, not {getattr(cfg, name)}")
-    if cfg.cpu_decoder == "simplejpeg" and not _installed("simplejpeg"):
+    if cfg.cpu_decoder == "simplejpeg" and not installed("simplejpeg"):
         raise ConfigError("--cpu-decoder simplejpeg: simplejpeg is not installed (pip install simplejpeg)")
-    if cfg.decode in ("cuda", "mixed") and cfg.gpu_decoder == "nvimgcodec" and not _installed("nvidia.nvimgcodec"):
+    if cfg.decode in ("cuda", "mixed") and cfg.gpu_decoder == "nvimgcodec" and not installed("nvidia.nvimgcodec"):
         raise ConfigError("--gpu-decoder nvimgcodec: nvImageCodec is not installed "
                           "(pip install alexnet[gpu-decode])")
     if cfg.decode != "cpu" and cfg.gpu_workers is not None and cfg.gpu_workers < 1:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib.util
 import os
 import platform
 import signal
@@ -15,7 +16,7 @@ import torch
 
 from alexnet.errors import AlexnetError, ConfigError
 
-__all__ = ["resolve_device", "amp_dtype", "device_guard", "apply_memory_cap", "hardware", "git_commit", "atomic_write_bytes",
+__all__ = ["installed", "resolve_device", "amp_dtype", "device_guard", "apply_memory_cap", "hardware", "git_commit", "atomic_write_bytes",
            "atomic_write_text", "DiskFull", "remove_stale_temporaries", "StopSignals", "wait_for_gpu"]
 
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -32,6 +33,14 @@ def wait_for_gpu(device) -> None:
         done = torch.cuda.Event(blocking=True)
         done.record(torch.cuda.current_stream(device))
         done.synchronize()
+
+
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported, without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # its parent package is missing
+        return False
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -100,10 +100,13 @@ def default_gpu_workers() -> int:
     return GPU_WORKERS_WITH_MPS if mps_running() else 1
 
 
+MEASURED_CAPABILITY_MAJOR = 9  # Hopper: where GPU workers were measured
+
+
 def measured_gpu(device) -> bool:
     """Whether ``device`` is of the family whose JPEG engines were measured here: Hopper (H100, H200;
     compute capability 9.x). Elsewhere nvImageCodec may have no engines and decode on the SMs."""
-    return torch.cuda.get_device_capability(device)[0] == 9
+    return torch.cuda.get_device_capability(device)[0] == MEASURED_CAPABILITY_MAJOR
 
 
 def resolve_decode(device, encoding: str, gpu_decoder: str = "auto", batch: int | None = None) -> tuple[str, str]:

@@ -21,7 +21,6 @@ there (``nvidia-cuda-mps-control -d``).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -30,7 +29,8 @@ import tempfile
 from pathlib import Path
 
 from alexnet.data import format as F
-from alexnet.data.gpu_decode import AUTO_MIXED_BELOW_CORES, START_MPS, mps_running
+from alexnet.data.gpu_decode import AUTO_MIXED_BELOW_CORES, MEASURED_CAPABILITY_MAJOR, mps_running
+from alexnet.runtime import installed
 
 __all__ = ["CONTROL", "start_daemon", "start_for_run", "wanted"]
 
@@ -82,12 +82,9 @@ finally:
 """
 
 
-def installed(module: str) -> bool:
-    """Whether ``module`` can be imported, without importing it (config's check; config sits above data)."""
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ImportError:  # its parent package is missing
-        return False
+def _env(directory: str) -> dict:
+    """This process's environment with the daemon of pipe ``directory`` (its logs in ``directory``/log)."""
+    return dict(os.environ, CUDA_MPS_PIPE_DIRECTORY=directory, CUDA_MPS_LOG_DIRECTORY=os.path.join(directory, "log"))
 
 
 def _train_encoding(cfg) -> str | None:
@@ -131,7 +128,7 @@ def start_daemon(device_index: int = 0, owner: int | None = None, hopper_only: b
     children inherit them), or (None, why not). The daemon is stopped when the process ``owner`` (default:
     this one) has ended. ``hopper_only``: stop it again on a GPU other than compute capability 9.x."""
     directory = tempfile.mkdtemp(prefix="alexnet-mps-")
-    env = dict(os.environ, CUDA_MPS_PIPE_DIRECTORY=directory, CUDA_MPS_LOG_DIRECTORY=os.path.join(directory, "log"))
+    env = _env(directory)
     os.makedirs(env["CUDA_MPS_LOG_DIRECTORY"])
     try:
         started = subprocess.run([CONTROL, "-d"], env=env, capture_output=True, text=True, timeout=30)
@@ -162,16 +159,15 @@ def _probe(env: dict, device_index: int, hopper_only: bool) -> str:
         return f"a CUDA client did not start under it within {PROBE_TIMEOUT_S} s (another MPS server on the GPU?)"
     if probe.returncode != 0:
         return f"a CUDA client did not start under it: {(probe.stderr or probe.stdout).strip()[-200:]}"
-    if hopper_only and probe.stdout.strip() != "9":
+    if hopper_only and probe.stdout.strip() != str(MEASURED_CAPABILITY_MAJOR):
         return "GPU workers were measured on H100/H200 only"
     return ""
 
 
 def stop_daemon(directory: str) -> None:
     """Stop the daemon of pipe ``directory`` now and remove the directory (its watcher then finds nothing)."""
-    env = dict(os.environ, CUDA_MPS_PIPE_DIRECTORY=directory, CUDA_MPS_LOG_DIRECTORY=os.path.join(directory, "log"))
     try:
-        subprocess.run([CONTROL], input="quit\n", env=env, text=True, capture_output=True, timeout=60)
+        subprocess.run([CONTROL], input="quit\n", env=_env(directory), text=True, capture_output=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
         pass
     shutil.rmtree(directory, ignore_errors=True)
@@ -189,6 +185,5 @@ def start_for_run(cfg, log=print) -> str | None:
                 "taking turns with it")
             return directory
     if why:
-        log(f"MPS: not started: {why}; the GPU time-slices the GPU workers' kernels with training's "
-            f"(start a daemon yourself: {START_MPS})")
+        log(f"MPS: not started: {why}")  # the loader's line says what that costs and how to start one
     return None
