@@ -246,7 +246,7 @@ def test_a_gpu_worker_keeps_its_batches_in_flight(stores, monkeypatch):
             return Pending(gates[len(submitted) - 1])
 
     monkeypatch.setattr(gpu_decode, "GpuDecoding", FakeGpu)
-    monkeypatch.setattr(feeder_worker, "worker_setup", lambda: None)  # signals: main thread only
+    monkeypatch.setattr(feeder_worker, "worker_setup", lambda **kw: None)  # signals: main thread only
     ring = Ring(2, SlotLayout(8, 24, pixels=True, blob=8 * int(np.diff(off).max())))
     source = {"kind": "jpeg", "path": str(split.path), "size": 24, "cpu_decoder": "auto",
               "offsets": str(split.data.path / F.offsets_file(split.name))}
@@ -255,7 +255,7 @@ def test_a_gpu_worker_keeps_its_batches_in_flight(stores, monkeypatch):
                               args=(9, theirs, ring.handle(), source, os.getpid(), {"device": "cpu", "decoder": "auto"}))
     worker.start()
     try:
-        assert ours.recv()[0] == "ready"
+        assert ours.poll(60) and ours.recv()[0] == "ready"  # a worker that died says nothing: fail, not hang
         rows = [np.arange(8), np.arange(8, 16)]
         for b in (0, 1):
             ours.send((1, b, b, rows[b], np.full(8, b + 3)))
@@ -585,3 +585,13 @@ def test_first_reads_from_many_threads_agree(stores):
             with ThreadPoolExecutor(8) as pool:
                 got = list(pool.map(lambda _: split.read(np.arange(8)), range(8)))
             assert all(torch.equal(g, want) for g in got), kind
+
+
+@pytest.mark.parametrize("nice, cpu_worker, expected", [(3, True, 3), (3, False, 0), (0, True, 0)])
+def test_cpu_workers_run_at_worker_nice(nice, cpu_worker, expected):
+    code = (f"import os, alexnet.data.procs as p; p.WORKER_NICE = {nice}; "
+            f"p.worker_setup(cpu_worker={cpu_worker}); print(os.nice(0))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1] / "src")))
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.split()[-1]) == os.nice(0) + expected

@@ -114,12 +114,13 @@ def train_config(args: argparse.Namespace):
     return TrainConfig(arch_options=arch_options, **fields), given, demo
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def checked_train_config(args: argparse.Namespace):
+    """(TrainConfig, the options given) of parsed `alexnet train` arguments, every option checked before
+    any data is made or read; without --data, the embedded demo's data made."""
     from alexnet.config import check
-    from alexnet.train import train
 
     cfg, given, demo = train_config(args)
-    check(cfg)                                   # every option, before any data is made or read
+    check(cfg)
     if demo:
         from alexnet.data.synthetic import make_shapes
 
@@ -127,7 +128,30 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"no --data given: the embedded demo. Data: {cfg.data}, procedurally generated 32x32 images of 10 "
               "shape classes (discs, rings, squares, stripes, ...) made by alexnet.data.synthetic; not a real "
               "benchmark. Give --data DIR to train on your images or ImageNet.")
+    return cfg, given
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from alexnet.train import train
+
+    cfg, given = checked_train_config(args)
     train(cfg, given=given)
+    return 0
+
+
+PROFILE_OPTIONS = ("profile_at_step", "profile_steps", "profile_json_out")
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    """`alexnet profile`: `alexnet train` with a window of its steps traced (alexnet.tools.profile_train)."""
+    from alexnet.tools.profile_train import profile_run, table
+
+    ours = {k: getattr(args, k) for k in PROFILE_OPTIONS}
+    cfg, given = checked_train_config(argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in ours}))
+    result = profile_run(cfg, ours["profile_at_step"], ours["profile_steps"], given=given)
+    print(table(result))
+    if ours["profile_json_out"]:
+        Path(ours["profile_json_out"]).write_text(json.dumps(result, indent=1))
     return 0
 
 
@@ -227,6 +251,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train (no --data: a small demo on embedded synthetic images)")
     add_train_options(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("profile", help="where a training run's step time goes: `alexnet train` with its options, "
+                       "a window of its steps traced (GPU busy, idle, kernels), then stopped")
+    p.add_argument("--at-step", dest="profile_at_step", type=int, default=300,
+                   help="the first traced step, counted from the run's start (default 300: past compilation)")
+    p.add_argument("--steps", dest="profile_steps", type=int, default=200, help="steps traced (default 200)")
+    p.add_argument("--json-out", dest="profile_json_out", help="also write the result to this JSON file")
+    add_train_options(p)
+    p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("prepare", help="decode, resize to SIZE, crop and store images with mean and PCA")
     p.add_argument("src", help="an image-folder tree (train/val/test) or ImageNet's layout")

@@ -106,7 +106,7 @@ def main(wid: int, conn, handle: RingHandle, source: dict, parent: int, gpu: dic
     worker (``{"device": ..., "decoder": ...}``), which keeps every batch it has been given in flight
     at once: it reads and submits the next batch while the GPU decodes and copies back the earlier
     ones, and answers each in turn once its pixels are in the ring."""
-    worker_setup()
+    worker_setup(cpu_worker=gpu is None)
     try:
         ring = Ring.attach(handle)
         read = reader(source)

@@ -1,0 +1,138 @@
+"""Where a real `alexnet train` run's step time goes: its loader, decoders and copies beside it.
+
+    alexnet profile [--at-step 300] [--steps 200] [--json-out F] TRAIN OPTIONS...
+
+Runs `alexnet train` with TRAIN OPTIONS in this process and traces the training process's GPU work
+(torch.profiler) over STEPS steps from its step AT-STEP (counted from the start, so past compilation and
+the loader's start), then stops the run. Per step it reports the wall time, the time the process's
+kernels and copies kept its GPU busy (the union of their intervals over all its streams), the time left
+idle, and the kernel time by category (:func:`alexnet.tools.timing.categorize`).
+
+Read it against the same step on GPU-resident batches (`alexnet bench --rows step --only
+alexnet2012:graphed --profile`): idle time is the run waiting (for batches, or for its own host), and
+kernels slower than there are the mark of work beside them, e.g. GPU workers decoding under MPS, whose
+kernels this process's trace does not see. On the CPU it reports the wall time only.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+__all__ = ["Window", "union_ms", "summarize", "profile_run", "table"]
+
+
+def union_ms(intervals) -> float:
+    """Milliseconds covered by the union of (start_us, end_us) intervals."""
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(intervals):
+        if b <= end:
+            continue
+        total += b - max(a, end)
+        end = b
+    return total / 1e3
+
+
+class _Done(Exception):
+    """Raised by the step after the window: ends the run at once (the run closes its loader)."""
+
+
+class Window:
+    """Wraps a run's step: calls AT_STEP .. AT_STEP + STEPS - 1 are traced, the next one ends the run."""
+
+    def __init__(self, step, at_step: int, steps: int, device: torch.device):
+        self._step, self.at_step, self.steps, self.device = step, at_step, steps, device
+        self.calls, self.result, self.batch = 0, None, None
+        self._prof, self._t0 = None, 0.0
+
+    def __getattr__(self, name):          # reset_sums, sums, ...: the wrapped step's
+        return getattr(self._step, name)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def __call__(self, images, labels):
+        if self.calls == self.at_step:
+            from torch.profiler import ProfilerActivity, profile
+
+            self._sync()
+            cuda = self.device.type == "cuda"
+            self._prof = profile(activities=[ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU])
+            self._prof.__enter__()
+            self._t0 = time.perf_counter()
+        elif self.calls == self.at_step + self.steps:
+            self._sync()
+            wall = time.perf_counter() - self._t0
+            self._prof.__exit__(None, None, None)
+            self.result = summarize(self._prof, wall, self.steps, self.batch, self.device)
+            raise _Done
+        self.calls += 1
+        self.batch = len(labels)
+        return self._step(images, labels)
+
+
+def summarize(prof, wall_s: float, steps: int, batch: int, device: torch.device) -> dict:
+    """Per step: wall ms, the GPU's busy ms (union of this process's kernels and copies), idle ms, and
+    kernel ms by category."""
+    from alexnet.tools.timing import categorize
+
+    wall_ms = wall_s * 1e3 / steps
+    out = {"steps": steps, "batch": batch, "wall_ms": wall_ms, "images_per_s": batch * steps / wall_s}
+    if device.type != "cuda":
+        return out
+    intervals, cats = [], {}
+    for evt in prof.events():
+        if getattr(evt, "device_type", None) != torch.autograd.DeviceType.CUDA:
+            continue
+        us = evt.self_device_time_total
+        if not us:
+            continue
+        intervals.append((evt.time_range.start, evt.time_range.end))
+        c = categorize(evt.name)
+        cats[c] = cats.get(c, 0.0) + us / 1e3 / steps
+    busy = union_ms(intervals) / steps
+    out.update(busy_ms=busy, idle_ms=max(0.0, wall_ms - busy), kernel_ms=dict(sorted(cats.items(), key=lambda kv: -kv[1])))
+    return out
+
+
+def profile_run(cfg, at_step: int = 300, steps: int = 200, given: set[str] | None = None, log=print) -> dict:
+    """Train ``cfg`` (a TrainConfig) as `alexnet train` does and return :func:`summarize`'s dict for its
+    steps ``at_step`` to ``at_step + steps - 1``; the run stops after them. Raises AlexnetError where the
+    run ends before the window does."""
+    import alexnet.train as T
+    from alexnet.errors import AlexnetError
+
+    made = {}
+    setup = T.setup
+
+    def traced_setup(cfg, *a, **k):
+        run = setup(cfg, *a, **k)
+        run.step = made["window"] = Window(run.step, at_step, steps, run.placement.devices[0])
+        return run
+
+    T.setup = traced_setup
+    try:
+        T.train(cfg, log=log, given=given)
+    except _Done:
+        pass
+    finally:
+        T.setup = setup
+    window = made.get("window")
+    if window is None or window.result is None:
+        ran = window.calls if window is not None else 0
+        raise AlexnetError(f"the run ended after {ran} steps, before the window (steps {at_step} to "
+                           f"{at_step + steps - 1}) did: train longer (--epochs) or lower --at-step")
+    return window.result
+
+
+def table(r: dict) -> str:
+    lines = [f"window: {r['steps']} steps of {r['batch']} images: {r['wall_ms']:.3f} ms a step, "
+             f"{r['images_per_s']:,.0f} images/s"]
+    if "busy_ms" in r:
+        lines.append(f"GPU busy with this process's work: {r['busy_ms']:.3f} ms a step "
+                     f"({100 * r['busy_ms'] / r['wall_ms']:.1f}%), idle {r['idle_ms']:.3f} ms")
+        lines.append("kernel and copy time a step (ms; streams overlap, so these may add up to more than busy):")
+        lines += [f"  {c:<40}{ms:>9.3f}" for c, ms in r["kernel_ms"].items()]
+    return "\n".join(lines)

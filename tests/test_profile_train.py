@@ -1,0 +1,66 @@
+"""`alexnet profile` (alexnet.tools.profile_train): a real run's step time, traced over a window of its
+steps, and the run stopped after it."""
+
+import json
+
+import pytest
+import torch
+
+from alexnet.cli import main
+from alexnet.config import TrainConfig
+from alexnet.errors import AlexnetError
+from alexnet.tools import profile_train as P
+
+
+def test_union_counts_overlapping_time_once():
+    assert P.union_ms([]) == 0
+    assert P.union_ms([(0, 1000), (500, 1500), (2000, 3000)]) == 2.5      # overlap once, a gap not at all
+    assert P.union_ms([(0, 4000), (1000, 2000)]) == 4.0                      # nested
+    assert P.union_ms([(3000, 4000), (0, 1000)]) == 2.0                      # any order
+
+
+def _cfg(shapes, out, **kw):
+    return TrainConfig(data=str(shapes), out=str(out), arch="cifar-fig1", batch_size=16, epochs=1,
+                       progress=False, **kw)
+
+
+def test_a_window_of_a_real_run_is_measured_and_the_run_stops_after_it(shapes, tmp_path):
+    r = P.profile_run(_cfg(shapes, tmp_path / "run", device="cpu"), at_step=3, steps=4, log=lambda *a: None)
+    assert r["steps"] == 4 and r["batch"] == 16 and r["wall_ms"] > 0
+    assert r["images_per_s"] == pytest.approx(16 * 1e3 / r["wall_ms"])
+    metrics = tmp_path / "run" / "metrics.jsonl"   # stopped within epoch 1: no epoch ended
+    assert not metrics.exists() or not metrics.read_text().strip()
+    assert "busy_ms" not in r                        # on the CPU: the wall time only
+    assert "ms a step" in P.table(r)
+
+
+def test_a_run_shorter_than_the_window_says_so(shapes, tmp_path):
+    with pytest.raises(AlexnetError, match="ended after 2 steps, before the window"):
+        P.profile_run(_cfg(shapes, tmp_path / "run", device="cpu", max_steps=2), at_step=3, steps=4,
+                      log=lambda *a: None)
+
+
+def test_the_command_takes_train_options_and_writes_its_json(shapes, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert main(["profile", "--at-step", "2", "--steps", "2", "--json-out", str(out), "--data", str(shapes),
+                 "--arch", "cifar-fig1", "--batch-size", "16", "--epochs", "1", "--device", "cpu",
+                 "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    assert json.loads(out.read_text())["steps"] == 2
+    assert "window: 2 steps of 16 images" in capsys.readouterr().out
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["batch_size"] == 16  # a train run's files
+
+
+def test_the_command_says_when_the_run_is_too_short_for_its_window(shapes, tmp_path, capsys):
+    assert main(["profile", "--at-step", "5", "--data", str(shapes), "--arch", "cifar-fig1", "--max-steps", "3",
+                 "--device", "cpu", "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "alexnet profile: error: the run ended after 3 steps, before the window (steps 5 to 204)" in err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_the_gpu_time_is_split_into_busy_idle_and_kernels(shapes, tmp_path):
+    r = P.profile_run(_cfg(shapes, tmp_path / "run", device="cuda"), at_step=4, steps=6, log=lambda *a: None)
+    assert 0 < r["busy_ms"] <= r["wall_ms"] * 1.01 and r["idle_ms"] >= 0
+    assert sum(r["kernel_ms"].values()) >= r["busy_ms"] * 0.99   # the union never exceeds the sum
+    assert any("conv" in c or "gemm" in c or "elementwise" in c for c in r["kernel_ms"]), r["kernel_ms"]
