@@ -20,8 +20,8 @@ def test_union_counts_overlapping_time_once():
 
 
 def _cfg(shapes, out, **kw):
-    return TrainConfig(data=str(shapes), out=str(out), arch="cifar-fig1", batch_size=16, epochs=1,
-                       progress=False, **kw)
+    return TrainConfig(**(dict(data=str(shapes), out=str(out), arch="cifar-fig1", batch_size=16, epochs=1,
+                               progress=False) | kw))
 
 
 def test_a_window_of_a_real_run_is_measured_and_the_run_stops_after_it(shapes, tmp_path):
@@ -31,7 +31,15 @@ def test_a_window_of_a_real_run_is_measured_and_the_run_stops_after_it(shapes, t
     metrics = tmp_path / "run" / "metrics.jsonl"   # stopped within epoch 1: no epoch ended
     assert not metrics.exists() or not metrics.read_text().strip()
     assert "busy_ms" not in r                        # on the CPU: the wall time only
-    assert "ms a step" in P.table(r)
+    assert "ms a step" in P.table(r) and r["epochs"] == [1, 1] and "into" not in P.table(r)
+
+
+def test_a_window_across_an_epochs_end_is_said_to_include_it(shapes, tmp_path):
+    # a few hundred training images: at most 3 steps of 128 an epoch, so steps 1-3 reach a later epoch
+    r = P.profile_run(_cfg(shapes, tmp_path / "run", device="cpu", epochs=3, batch_size=128), at_step=1, steps=3,
+                      log=lambda *a: None)
+    assert r["epochs"][0] == 1 and r["epochs"][1] > 1
+    assert f"ran from epoch 1 into {r['epochs'][1]}" in P.table(r)
 
 
 def test_a_run_shorter_than_the_window_says_so(shapes, tmp_path):

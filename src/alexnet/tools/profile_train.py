@@ -11,7 +11,9 @@ idle, and the kernel time by category (:func:`alexnet.tools.timing.categorize`).
 Read it against the same step on GPU-resident batches (`alexnet bench --rows step --only
 alexnet2012:graphed --profile`): idle time is the run waiting (for batches, or for its own host), and
 kernels slower than there are the mark of work beside them, e.g. GPU workers decoding under MPS, whose
-kernels this process's trace does not see. On the CPU it reports the wall time only.
+kernels this process's trace does not see. On the CPU it reports the wall time only. Keep the window
+inside one epoch: its wall time counts whatever runs between the steps (an epoch's validation, a
+checkpoint), and the table says when it did not. Tracing itself adds a little to each step.
 """
 
 from __future__ import annotations
@@ -41,10 +43,11 @@ class _Done(Exception):
 class Window:
     """Wraps a run's step: calls AT_STEP .. AT_STEP + STEPS - 1 are traced, the next one ends the run."""
 
-    def __init__(self, step, at_step: int, steps: int, device: torch.device):
-        self._step, self.at_step, self.steps, self.device = step, at_step, steps, device
+    def __init__(self, step, at_step: int, steps: int, device: torch.device, epoch=lambda: 0):
+        """``epoch``: the run's epoch now (a window across an epoch's end also times its validation)."""
+        self._step, self.at_step, self.steps, self.device, self._epoch = step, at_step, steps, device, epoch
         self.calls, self.result, self.batch = 0, None, None
-        self._prof, self._t0 = None, 0.0
+        self._prof, self._t0, self._first_epoch = None, 0.0, 0
 
     def __getattr__(self, name):          # reset_sums, sums, ...: the wrapped step's
         return getattr(self._step, name)
@@ -61,12 +64,13 @@ class Window:
             cuda = self.device.type == "cuda"
             self._prof = profile(activities=[ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU])
             self._prof.__enter__()
-            self._t0 = time.perf_counter()
+            self._t0, self._first_epoch = time.perf_counter(), self._epoch()
         elif self.calls == self.at_step + self.steps:
             self._sync()
             wall = time.perf_counter() - self._t0
             self._prof.__exit__(None, None, None)
             self.result = summarize(self._prof, wall, self.steps, self.batch, self.device)
+            self.result["epochs"] = [self._first_epoch + 1, self._epoch() + 1]
             raise _Done
         self.calls += 1
         self.batch = len(labels)
@@ -109,7 +113,7 @@ def profile_run(cfg, at_step: int = 300, steps: int = 200, given: set[str] | Non
 
     def traced_setup(cfg, *a, **k):
         run = setup(cfg, *a, **k)
-        run.step = made["window"] = Window(run.step, at_step, steps, run.placement.devices[0])
+        run.step = made["window"] = Window(run.step, at_step, steps, run.placement.devices[0], lambda: run.epoch)
         return run
 
     T.setup = traced_setup
@@ -130,6 +134,9 @@ def profile_run(cfg, at_step: int = 300, steps: int = 200, given: set[str] | Non
 def table(r: dict) -> str:
     lines = [f"window: {r['steps']} steps of {r['batch']} images: {r['wall_ms']:.3f} ms a step, "
              f"{r['images_per_s']:,.0f} images/s"]
+    if r["epochs"][0] != r["epochs"][1]:
+        lines.append(f"(the window ran from epoch {r['epochs'][0]} into {r['epochs'][1]}: its wall time includes the "
+                     "end of an epoch, validation and all; keep it inside one epoch with --at-step and --steps)")
     if "busy_ms" in r:
         lines.append(f"GPU busy with this process's work: {r['busy_ms']:.3f} ms a step "
                      f"({100 * r['busy_ms'] / r['wall_ms']:.1f}%), idle {r['idle_ms']:.3f} ms")
