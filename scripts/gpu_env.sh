@@ -5,7 +5,7 @@
 # /tmp/runs/NAME under a time limit, its output appended to $LOG; `photo_tree DEST`, the sample photos as
 # an image-folder tree; `raw_store`, `jpeg_store`: the stores the runs read (`nv_wheels`: the GPU decoders); `run_all`, `with_mps`,
 # `mps_start`, `mps_stop`: runs, with or without NVIDIA's MPS daemon; `watch`: where a run's cores (and the GPU, its JPEG engines) go;
-# `resident_step`: the step on GPU-resident batches; `sitecustomize`: a module constant patched in the processes of a run.
+# `each_run`: runs given as specs; `resident_step`: the step on GPU-resident batches; `sitecustomize`: a module constant patched in the processes of a run.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -51,6 +51,16 @@ run_all() {  # RUNS (lines "name|gpus|data|options"), each one `alexnet train` p
     if [ $left -lt 40 ]; then stamp "$name: skipped, ${left} s left"; continue; fi
     train "$name" $(( left < ${RUN_LIMIT:-90} ? left : ${RUN_LIMIT:-90} )) "${ONE[@]}" "${REP[@]}" $args
   done <<< "$1"
+}
+each_run() {  # SPEC...: "NAME|KNOB|OPTIONS|LABEL" each; RUNS gets the line "NAME|1|LABEL" (runs_table.py's), then
+  # the caller's `run_one NAME KNOB OPTIONS` runs it (KNOB: what the caller varies from run to run)
+  RUNS=""
+  local spec name knob opts label
+  for spec in "$@"; do
+    IFS='|' read -r name knob opts label <<< "$spec"
+    RUNS+="$name|1|$label"$'\n'
+    run_one "$name" "$knob" "$opts"
+  done
 }
 mps_start() {  # NVIDIA's MPS daemon (GPU worker processes' kernels beside training's); fails if it does not start
   export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log

@@ -8,15 +8,13 @@ LOG=$OUT/e2e.log; : > "$LOG"
 jpeg_store 1281167 430
 REP=(--data /tmp/rep --epochs 2 --val-split val --test-crops 1 --eval-batch-size 500 --stall-epochs 0)
 LIMIT=${LIMIT:-590} RUN_LIMIT=${RUN_LIMIT:-130}
-RUNS=""
-for spec in "$@"; do
-  IFS='|' read -r name mps opts label <<< "$spec"
-  RUNS+="$name|1|$label"$'\n'
-  if [ "$mps" = 1 ]; then
-    if mps_start; then run_all "$name|1|REP|$opts"; mps_stop; fi
+run_one() {  # NAME MPS OPTIONS
+  if [ "$2" = 1 ]; then
+    if mps_start; then run_all "$1|1|REP|$3"; mps_stop; fi
   else
-    run_all "$name|1|REP|$opts"
+    run_all "$1|1|REP|$3"
   fi
-done
+}
+each_run "$@"
 grep -E "^loader|rror|Traceback" "$LOG" | sort | uniq -c | cut -c1-300
 python scripts/runs_table.py "$RUNS"

@@ -9,8 +9,7 @@ source scripts/gpu_env.sh
 LOG=$OUT/e2e.log; : > "$LOG"
 timeout 150 python -m pytest -q -p no:cacheprovider tests/test_profile_train.py 2>&1 | grep -E "^E |passed|failed" | cut -c1-1500 > "$OUT/tests.txt"
 jpeg_store 384000 200
-timeout 150 python -m alexnet bench --batch 256 --rows step --steps 40 --repeats 3 --warmup 6 \
-  --only alexnet2012:graphed --profile --json-out "$OUT/resident_256.json" > "$OUT/resident_256.txt" 2>&1
+resident_step 256 --profile --json-out "$OUT/resident_256.json" > "$OUT/resident_256.txt" 2>&1
 stamp "resident step profiled"
 REP=(--data /tmp/rep --epochs 1 --val-split val --test-crops 1 --eval-batch-size 500 --stall-epochs 0 --batch-size 256 --no-progress)
 for spec in "defaults|" "decode-cpu|--decode cpu" "gpu-workers-4|--gpu-workers 4"; do
