@@ -80,19 +80,14 @@ class Window:
 def summarize(prof, wall_s: float, steps: int, batch: int, device: torch.device) -> dict:
     """Per step: wall ms, the GPU's busy ms (union of this process's kernels and copies), idle ms, and
     kernel ms by category."""
-    from alexnet.tools.timing import categorize
+    from alexnet.tools.timing import categorize, device_events
 
     wall_ms = wall_s * 1e3 / steps
     out = {"steps": steps, "batch": batch, "wall_ms": wall_ms, "images_per_s": batch * steps / wall_s}
     if device.type != "cuda":
         return out
     intervals, cats = [], {}
-    for evt in prof.events():
-        if getattr(evt, "device_type", None) != torch.autograd.DeviceType.CUDA:
-            continue
-        us = evt.self_device_time_total
-        if not us:
-            continue
+    for evt, us in device_events(prof):
         intervals.append((evt.time_range.start, evt.time_range.end))
         c = categorize(evt.name)
         cats[c] = cats.get(c, 0.0) + us / 1e3 / steps

@@ -10,7 +10,7 @@ import time
 
 import torch
 
-__all__ = ["Timer", "measure", "environment", "rate", "categorize", "profile_breakdown", "device_busy"]
+__all__ = ["Timer", "measure", "environment", "rate", "categorize", "profile_breakdown", "device_events", "device_busy"]
 
 
 class Timer:
@@ -150,19 +150,24 @@ def profile_breakdown(fn, steps: int, timer: Timer) -> dict:
             "top_kernels": kernels[:40]}
 
 
-def device_busy(fn, steps: int, timer: Timer) -> dict:
-    """Per GPU: ms per step its kernels ran, of which exchanges (peer copies, NCCL), and the wall ms per
-    step: idle = wall - busy. Where the two-GPU split loses its time."""
-    prof, wall = _profile(fn, steps, timer)
-    busy: dict[int, dict] = {}
+def device_events(prof):
+    """(event, its own GPU time in us) for each kernel or copy on a GPU in a torch.profiler trace."""
     for evt in prof.events():
         dev = getattr(evt, "device_index", None)
         if getattr(evt, "device_type", None) != torch.autograd.DeviceType.CUDA or dev is None or dev < 0:
             continue
         us = evt.self_device_time_total          # a kernel's (or copy's) own time on its GPU
-        if not us:
-            continue
-        d = busy.setdefault(int(dev), {"busy_ms": 0.0, "exchange_ms": 0.0})
+        if us:
+            yield evt, us
+
+
+def device_busy(fn, steps: int, timer: Timer) -> dict:
+    """Per GPU: ms per step its kernels ran, of which exchanges (peer copies, NCCL), and the wall ms per
+    step: idle = wall - busy. Where the two-GPU split loses its time."""
+    prof, wall = _profile(fn, steps, timer)
+    busy: dict[int, dict] = {}
+    for evt, us in device_events(prof):
+        d = busy.setdefault(int(evt.device_index), {"busy_ms": 0.0, "exchange_ms": 0.0})
         d["busy_ms"] += us / 1e3 / steps
         if categorize(evt.name) in ("exchange (peer copies)", "collectives (NCCL)"):
             d["exchange_ms"] += us / 1e3 / steps
