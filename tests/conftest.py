@@ -122,3 +122,29 @@ def spawn_processes(fn, args, nprocs: int = 2, timeout_s: float = 120.0) -> None
             if p.is_alive():
                 p.kill()
                 p.join()
+
+
+def tiny(shapes, out, **kw):
+    """cifar-fig1 on the shapes: 270 train images, batch 32 -> 8 steps an epoch; lr / 10 after epoch 1."""
+    from alexnet.config import TrainConfig
+
+    base = dict(data=str(shapes), out=str(out), arch="cifar-fig1", epochs=2, batch_size=32, lr=0.01,
+                schedule="step", milestones=[1], progress=False, deterministic=True, test_crops=(1,),
+                eval_batch_size=64, device="cpu")
+    return TrainConfig(**(base | kw))
+
+
+class StopAfter:
+    """A run's step, raising its stop flag after `steps` calls (during the last), as SIGTERM would."""
+
+    def __init__(self, run, steps: int):
+        self._step, self._run, self._left = run.step, run, steps
+
+    def __call__(self, images, labels):
+        self._left -= 1
+        if self._left == 0:
+            self._run.stop.signal = "SIGTERM"
+        return self._step(images, labels)
+
+    def __getattr__(self, name):
+        return getattr(self._step, name)

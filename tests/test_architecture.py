@@ -26,7 +26,7 @@ LEVELS = {
     "alexnet.evaluate": 6,
     "alexnet.parallel": 7,
     "alexnet.step": 8,
-    "alexnet.run": 9,
+    "alexnet.run": 9, "alexnet.checks": 9,
     "alexnet.train": 10,
     "alexnet.experiments": 11, "alexnet.tools": 11,
     "alexnet.cli_extra": 12, "alexnet.cli": 12, "alexnet.__main__": 13,

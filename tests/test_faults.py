@@ -20,9 +20,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import StopAfter, tiny
+
 from alexnet.checkpoint import CheckpointKeeper, load_checkpoint
 from alexnet.cli import main
-from alexnet.config import TrainConfig
 from alexnet.errors import CheckpointError, ConfigError, DataError, Interrupted, TrainingDiverged
 from alexnet.runtime import DiskFull
 from alexnet.train import fit, setup, train
@@ -31,38 +32,14 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 QUIET = lambda *a, **k: None  # noqa: E731
 
 
-def tiny(shapes, out, **kw) -> TrainConfig:
-    """cifar-fig1 on the shapes: 270 train images, batch 32 -> 8 steps an epoch; lr / 10 after epoch 1."""
-    base = dict(data=str(shapes), out=str(out), arch="cifar-fig1", epochs=2, batch_size=32, lr=0.01,
-                schedule="step", milestones=[1], progress=False, deterministic=True, test_crops=(1,),
-                eval_batch_size=64, device="cpu")
-    return TrainConfig(**(base | kw))
-
-
 def _cli(capsys, *argv) -> tuple[int, str, str]:
     code = main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
 
 
-class _StopAfter:
-    """The run's step, raising its stop flag after `steps` calls, as SIGTERM would."""
-
-    def __init__(self, run, steps: int):
-        self._step, self._run, self._left = run.step, run, steps
-
-    def __call__(self, images, labels):
-        self._left -= 1
-        if self._left == 0:
-            self._run.stop.signal = "SIGTERM"
-        return self._step(images, labels)
-
-    def __getattr__(self, name):
-        return getattr(self._step, name)
-
-
 def _stop_after(run, steps: int) -> None:
-    run.step = _StopAfter(run, steps)
+    run.step = StopAfter(run, steps)
 
 
 class _Flag:

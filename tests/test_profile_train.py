@@ -19,6 +19,12 @@ def test_union_counts_overlapping_time_once():
     assert P.union_ms([(3000, 4000), (0, 1000)]) == 2.0                      # any order
 
 
+def test_gaps_are_the_time_between_the_union_s_pieces():
+    assert P.gaps_ms([]) == []
+    assert P.gaps_ms([(0, 1000), (500, 1500), (2000, 3000), (2500, 2600), (3100, 4000)]) == [0.5, 0.1]
+    assert P.gaps_ms([(3000, 4000), (0, 1000)]) == [2.0]
+
+
 def _cfg(shapes, out, **kw):
     return TrainConfig(**(dict(data=str(shapes), out=str(out), arch="cifar-fig1", batch_size=16, epochs=1,
                                progress=False) | kw))
@@ -70,5 +76,6 @@ def test_the_command_says_when_the_run_is_too_short_for_its_window(shapes, tmp_p
 def test_on_cuda_the_gpu_time_is_split_into_busy_idle_and_kernels(shapes, tmp_path):
     r = P.profile_run(_cfg(shapes, tmp_path / "run", device="cuda"), at_step=4, steps=6, log=lambda *a: None)
     assert 0 < r["busy_ms"] <= r["wall_ms"] * 1.01 and r["idle_ms"] >= 0
+    assert 0 <= r["long_gap_ms"] <= r["idle_ms"] + 1e-6 and r["long_gaps"] >= 0
     assert sum(r["kernel_ms"].values()) >= r["busy_ms"] * 0.99   # the union never exceeds the sum
     assert any("conv" in c or "gemm" in c or "elementwise" in c for c in r["kernel_ms"]), r["kernel_ms"]

@@ -32,7 +32,7 @@ from alexnet.optim import PaperSGD, PlateauDrops, StepDrops, param_groups
 from alexnet.parallel.accounting import format_run_accounting, run_accounting
 from alexnet.parallel.distributed import DistributedContext
 from alexnet.parallel.placement import auto_reduce, place
-from alexnet.runtime import amp_dtype, apply_memory_cap, git_commit, hardware, resolve_device, wait_for_gpu
+from alexnet.runtime import amp_dtype, apply_memory_cap, git_commit, hardware, resolve_device
 from alexnet.step import make_step
 
 __all__ = ["Run", "setup", "snapshot"]
@@ -62,21 +62,7 @@ class Run:
             if d.type == "cuda":
                 torch.cuda.synchronize(d)
 
-    # -- decisions all processes take together ---------------------------------------------------
-    def agree(self, loss: torch.Tensor) -> tuple[float, bool, bool]:
-        """(the run's loss, stop now, a time-based checkpoint is due), the same on every process."""
-        time_due = time.monotonic() - self.last_save > self.cfg.checkpoint_minutes * 60
-        if not self.dist.enabled:
-            wait_for_gpu(loss.device)
-            return loss.item(), bool(self.stop.signal), time_due
-        flags = torch.stack([loss.float().reshape(()) * self.placement.weight,
-                             torch.tensor(float(bool(self.stop.signal)), device=self.device),
-                             torch.tensor(float(time_due), device=self.device)])
-        flags = self.dist.sum_(flags)
-        wait_for_gpu(flags.device)
-        value, stop_any, due_any = flags.tolist()
-        return value, stop_any > 0, due_any > 0
-
+    # -- decisions all processes take together (the loop's checks: alexnet.checks) ----------------
     def checkpoint_due(self) -> bool:
         every = self.cfg.checkpoint_steps
         return bool(every and self.global_step - self.last_step_save >= every)

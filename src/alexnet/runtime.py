@@ -21,7 +21,8 @@ __all__ = ["installed", "resolve_device", "amp_dtype", "device_guard", "apply_me
 
 PRECISIONS = ("auto", "bf16", "fp32")
 # The host sleeps while it waits for the GPU (a blocking CUDA event) instead of spinning a core, CUDA's
-# default, which the loader's worker processes need: the training loop waits for every tenth step's loss.
+# default, which the loader's worker processes need: the training loop waits for a step's loss every ten
+# steps (alexnet.checks).
 BLOCKING_WAITS = True
 
 

@@ -17,6 +17,7 @@ import math
 import time
 
 
+from alexnet.checks import ask
 from alexnet.config import TrainConfig
 from alexnet.errors import Interrupted, TrainingDiverged
 from alexnet.optim import drop_learning_rate
@@ -68,14 +69,16 @@ class _Stall:
         return 0 < self.epochs <= self.flat_epochs and self.flat_steps >= self.MIN_FLAT_STEPS
 
 
-def _check_loss(run: Run, loss: float, stall: _Stall, epoch: int) -> None:
+def _check_loss(run: Run, loss: float, stall: _Stall, epoch: int, step: int | None = None) -> None:
+    """``step``: the step the loss is from (default: the run's last)."""
+    step = run.global_step if step is None else step
     if not math.isfinite(loss):
-        raise TrainingDiverged(f"loss is {loss} at step {run.global_step} (epoch {epoch + 1}); {run.kept()}. "
+        raise TrainingDiverged(f"loss is {loss} at step {step} (epoch {epoch + 1}); {run.kept()}. "
                                "Lower --lr, or check the data.")
     if stall.step(loss):
         raise TrainingDiverged(
             f"loss has stayed at ln({len(run.classes)}) = {stall.chance_loss:.3f} (chance) for {stall.steps} "
-            f"checked steps up to step {run.global_step}: the network is not learning. With the paper's unit "
+            f"checked steps up to step {step}: the network is not learning. With the paper's unit "
             f"biases this is a known failure mode: try --unit-bias 0.1 or a lower --lr. {run.kept()}.")
 
 
@@ -88,10 +91,11 @@ def train_one_epoch(run: Run, epoch: int, stall: _Stall) -> bool:
     step.reset_sums(stats["loss_sum"], stats["miss_sum"])
     bar = run.progress_bar(loader.batches_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", run.batch)
     t0, done = time.perf_counter() - stats["seconds"], False
-    # How often the host reads the loss (a wait for the GPU): every step for a short stall window,
-    # often enough for the step checkpoints, otherwise every 10 steps.
+    # How often the host reads the loss (alexnet.checks: answered after the next step is launched):
+    # every step for a short stall window, often enough for the step checkpoints, otherwise every 10.
     sync_every = 1 if 0 < stall.window < 100 else min(10, cfg.checkpoint_steps or 10)
     run.epoch = epoch
+    check = None                                          # asked after the last step, answered after this one
     try:
         for images, labels in loader:
             warming, t_step = run.warm_steps > 0, time.perf_counter()
@@ -109,20 +113,19 @@ def train_one_epoch(run: Run, epoch: int, stall: _Stall) -> bool:
             stats["images"] += run.global_batch
             if bar is not None:
                 bar.update(1)
+            if check is not None and _act_on(run, check, stall, epoch, bar, t0):
+                return False
+            check = None
             if run.global_step % sync_every == 0:        # the only host-device waits of the loop
-                loss_value, stop_now, time_due = run.agree(loss)
-                _check_loss(run, loss_value, stall, epoch)
-                if bar is not None:
-                    rate = (stats["images"] - stats["warmup_images"]) / max(time.perf_counter() - t0, 1e-9)
-                    bar.set_postfix_str(f"loss {loss_value:.3f} {rate:,.0f} img/s "
-                                        f"lr {run.optimizer.param_groups[0]['lr']:g}")
-                if stop_now or time_due or run.checkpoint_due():
-                    stats.update(seconds=time.perf_counter() - t0, **run.sums())
-                    run.save(epoch)
-                    if stop_now:
+                check = ask(run, loss)
+                if run.checkpoint_due():                  # a checkpoint by step count: at this very step
+                    stopped, check = _act_on(run, check, stall, epoch, bar, t0), None
+                    if stopped:
                         return False
             if cfg.max_steps and run.global_step >= cfg.max_steps:
                 break
+        if check is not None and _act_on(run, check, stall, epoch, bar, t0):
+            return False
         done = run.batch >= loader.batches_per_epoch
     finally:
         if bar is not None:
@@ -131,6 +134,21 @@ def train_one_epoch(run: Run, epoch: int, stall: _Stall) -> bool:
     if stats["batches"]:                          # the steps since the last check, as one mean
         _check_loss(run, run.reduce(stats["loss_sum"] / stats["batches"]), stall, epoch)
     return done or bool(cfg.max_steps and run.global_step >= cfg.max_steps)
+
+
+def _act_on(run: Run, check, stall: _Stall, epoch: int, bar, t0: float) -> bool:
+    """Answer a check (alexnet.checks): the loss checked and shown, a checkpoint saved if one is due or a
+    stop was asked for; True if the run must stop."""
+    loss_value, stop_now, time_due = check.answer()
+    _check_loss(run, loss_value, stall, epoch, check.step)
+    stats = run.epoch_stats
+    if bar is not None:
+        rate = (stats["images"] - stats["warmup_images"]) / max(time.perf_counter() - t0, 1e-9)
+        bar.set_postfix_str(f"loss {loss_value:.3f} {rate:,.0f} img/s lr {run.optimizer.param_groups[0]['lr']:g}")
+    if stop_now or time_due or run.checkpoint_due():
+        stats.update(seconds=time.perf_counter() - t0, **run.sums())
+        run.save(epoch)
+    return stop_now
 
 
 def _waited_text(waited: dict[str, float] | None) -> str:

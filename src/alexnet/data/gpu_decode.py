@@ -33,11 +33,30 @@ __all__ = ["GPU_DECODERS", "GPU_WORKERS_WITH_MPS", "START_MPS", "Decoded", "GpuD
 GPU_DECODERS = ("auto", "nvimgcodec", "torchvision")
 
 
+@contextlib.contextmanager
+def quiet_stderr():
+    """File descriptor 2 sent to /dev/null meanwhile (what C code prints there too)."""
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 @functools.cache
 def _nvimgcodec():
-    """The nvImageCodec module, or None when it is not installed (or does not load)."""
+    """The nvImageCodec module, or None when it is not installed (or does not load). Its import
+    prints, from C and in red, that its JPEG 2000 and TIFF libraries are missing: formats a store
+    never holds, so that is silenced (errors while decoding are still raised and reported)."""
     try:
-        from nvidia import nvimgcodec
+        with quiet_stderr():
+            from nvidia import nvimgcodec
     except Exception:  # ImportError, or a shared library that does not load
         return None
     return nvimgcodec

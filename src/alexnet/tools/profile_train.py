@@ -6,7 +6,8 @@ Runs `alexnet train` with TRAIN OPTIONS in this process and traces the training 
 (torch.profiler) over STEPS steps from its step AT-STEP (counted from the start, so past compilation and
 the loader's start), then stops the run. Per step it reports the wall time, the time the process's
 kernels and copies kept its GPU busy (the union of their intervals over all its streams), the time left
-idle, and the kernel time by category (:func:`alexnet.tools.timing.categorize`).
+idle, and the kernel time by category (:func:`alexnet.tools.timing.categorize`); and how much of the idle time lies in
+gaps of LONG_GAP_MS or more, where the GPU ran out of queued work.
 
 Read it against the same step on GPU-resident batches (`alexnet bench --rows step --only
 alexnet2012:graphed --profile`): idle time is the run waiting (for batches, or for its own host), and
@@ -22,7 +23,11 @@ import time
 
 import torch
 
-__all__ = ["Window", "union_ms", "summarize", "profile_run", "table"]
+__all__ = ["Window", "union_ms", "gaps_ms", "summarize", "profile_run", "table"]
+
+#: Idle gaps at least this long (ms) are counted apart: a drained queue (the host waited for the GPU,
+#: then for itself or for a batch), not the launch latency between kernels.
+LONG_GAP_MS = 0.5
 
 
 def union_ms(intervals) -> float:
@@ -34,6 +39,16 @@ def union_ms(intervals) -> float:
         total += b - max(a, end)
         end = b
     return total / 1e3
+
+
+def gaps_ms(intervals) -> list[float]:
+    """The lengths (ms) of the gaps between the union of (start_us, end_us) intervals."""
+    gaps, end = [], None
+    for a, b in sorted(intervals):
+        if end is not None and a > end:
+            gaps.append((a - end) / 1e3)
+        end = b if end is None else max(end, b)
+    return gaps
 
 
 class _Done(Exception):
@@ -92,7 +107,9 @@ def summarize(prof, wall_s: float, steps: int, batch: int, device: torch.device)
         c = categorize(evt.name)
         cats[c] = cats.get(c, 0.0) + us / 1e3 / steps
     busy = union_ms(intervals) / steps
-    out.update(busy_ms=busy, idle_ms=max(0.0, wall_ms - busy), kernel_ms=dict(sorted(cats.items(), key=lambda kv: -kv[1])))
+    long = [g for g in gaps_ms(intervals) if g >= LONG_GAP_MS]
+    out.update(busy_ms=busy, idle_ms=max(0.0, wall_ms - busy), long_gaps=len(long), long_gap_ms=sum(long) / steps,
+               kernel_ms=dict(sorted(cats.items(), key=lambda kv: -kv[1])))
     return out
 
 
@@ -135,6 +152,8 @@ def table(r: dict) -> str:
     if "busy_ms" in r:
         lines.append(f"GPU busy with this process's work: {r['busy_ms']:.3f} ms a step "
                      f"({100 * r['busy_ms'] / r['wall_ms']:.1f}%), idle {r['idle_ms']:.3f} ms")
+        lines.append(f"of which in gaps of {LONG_GAP_MS} ms or more: {r['long_gap_ms']:.3f} ms a step "
+                     f"({r['long_gaps']} gaps in {r['steps']} steps)")
         lines.append("kernel and copy time a step (ms; streams overlap, so these may add up to more than busy):")
         lines += [f"  {c:<40}{ms:>9.3f}" for c, ms in r["kernel_ms"].items()]
     return "\n".join(lines)
