@@ -21,6 +21,8 @@ Three ways to run the same computation, chosen when the run starts:
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from alexnet.data.augment import Augment, apply_params, sample_params
@@ -158,6 +160,10 @@ def make_step(placement: Placement, optimizer, augment: Augment, stats, generato
               compile: bool, graphs: bool, log=print) -> TrainStep:
     """The step a run uses: compiled and/or replayed as a CUDA graph, as asked."""
     if compile:
+        # Inductor advises TF32 for float32 matmuls at every compile. The run's precision is chosen
+        # (--precision: bf16 autocast by default; fp32 keeps full float32 matmuls, as the paper computed).
+        warnings.filterwarnings("ignore", message="TensorFloat32 tensor cores for float32 matrix multiplication",
+                                category=UserWarning)
         placement.compile()
     kind = GraphedStep if graphs else TrainStep
     extra = {"log": log} if graphs else {}
