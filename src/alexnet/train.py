@@ -5,7 +5,8 @@
 
 `train(TrainConfig(...))` does both; it is what `alexnet train` runs. The same program runs on one
 device and under torchrun (`alexnet.parallel.placement` says where the network lives). SIGTERM or
-SIGINT at any moment saves a checkpoint and returns within a step or an evaluation batch; `--resume`
+SIGINT at any moment saves a checkpoint and returns within 11 steps (the loop's next check,
+`alexnet.checks`, answered a step later) or an evaluation batch; `--resume`
 continues exactly, from a state that records what of the epoch was done (`batch_in_epoch`, up to all
 of it: then only the end-of-epoch work remains) and the sums of the epoch so far.
 """
