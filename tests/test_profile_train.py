@@ -25,6 +25,22 @@ def test_gaps_are_the_time_between_the_union_s_pieces():
     assert P.gaps_ms([(3000, 4000), (0, 1000)]) == [2.0]
 
 
+def test_gaps_are_counted_by_length_and_by_what_ended_them():
+    items = [(0, 100, "a"), (105, 200, "conv"), (230, 400, "copy"), (700, 800, "conv"), (2000, 2100, "copy")]
+    gaps = P.gaps_before(items)
+    assert gaps == [(0.005, "conv"), (0.03, "copy"), (0.3, "conv"), (1.2, "copy")]
+    g = P.gap_profile(gaps, steps=2)
+    assert list(g["by_length"]) == ["under 10 us", "10-50 us", "50-200 us", "200-500 us", "500 us or more"]
+    assert g["by_length"]["under 10 us"] == [0.5, 0.0025]
+    assert g["by_length"]["50-200 us"] == [0.0, 0.0]
+    assert g["by_length"]["500 us or more"] == [0.5, 0.6]
+    assert g["before"] == {"copy": pytest.approx(0.615), "conv": pytest.approx(0.1525)}
+    text = P.table({"steps": 2, "batch": 8, "wall_ms": 2.0, "images_per_s": 4000.0, "epochs": [1, 1],
+                    "busy_ms": 1.0, "idle_ms": 1.0, "long_gaps": 1, "long_gap_ms": 0.6, "gaps": g,
+                    "kernel_ms": {"conv": 0.5}})
+    assert "500 us or more 0.5, 0.600" in text and "copy 0.615" in text
+
+
 def _cfg(shapes, out, **kw):
     return TrainConfig(**(dict(data=str(shapes), out=str(out), arch="cifar-fig1", batch_size=16, epochs=1,
                                progress=False) | kw))
@@ -77,5 +93,7 @@ def test_on_cuda_the_gpu_time_is_split_into_busy_idle_and_kernels(shapes, tmp_pa
     r = P.profile_run(_cfg(shapes, tmp_path / "run", device="cuda"), at_step=4, steps=6, log=lambda *a: None)
     assert 0 < r["busy_ms"] <= r["wall_ms"] * 1.01 and r["idle_ms"] >= 0
     assert 0 <= r["long_gap_ms"] <= r["idle_ms"] + 1e-6 and r["long_gaps"] >= 0
+    in_gaps = sum(ms for _, ms in r["gaps"]["by_length"].values())
+    assert in_gaps <= r["idle_ms"] + 1e-6 and sum(r["gaps"]["before"].values()) <= in_gaps + 1e-6
     assert sum(r["kernel_ms"].values()) >= r["busy_ms"] * 0.99   # the union never exceeds the sum
     assert any("conv" in c or "gemm" in c or "elementwise" in c for c in r["kernel_ms"]), r["kernel_ms"]

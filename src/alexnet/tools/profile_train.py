@@ -7,7 +7,9 @@ Runs `alexnet train` with TRAIN OPTIONS in this process and traces the training 
 the loader's start), then stops the run. Per step it reports the wall time, the time the process's
 kernels and copies kept its GPU busy (the union of their intervals over all its streams), the time left
 idle, and the kernel time by category (:func:`alexnet.tools.timing.categorize`); and how much of the idle time lies in
-gaps of LONG_GAP_MS or more, where the GPU ran out of queued work.
+gaps of LONG_GAP_MS or more, where the GPU ran out of queued work; the gaps by length and by the kind of
+kernel that ended them (a gap before a step's first kernel is the host or the handoff; one before a kernel
+inside a replayed graph is the GPU busy with another process's work, e.g. a GPU decoder's, under MPS).
 
 Read it against the same step on GPU-resident batches (`alexnet bench --rows step --only
 alexnet2012:graphed --profile`): idle time is the run waiting (for batches, or for its own host), and
@@ -23,7 +25,7 @@ import time
 
 import torch
 
-__all__ = ["Window", "union_ms", "gaps_ms", "summarize", "profile_run", "table"]
+__all__ = ["Window", "union_ms", "gaps_ms", "gaps_before", "gap_profile", "summarize", "profile_run", "table"]
 
 #: Idle gaps at least this long (ms) are counted apart: a drained queue (the host waited for the GPU,
 #: then for itself or for a batch), not the launch latency between kernels.
@@ -43,12 +45,41 @@ def union_ms(intervals) -> float:
 
 def gaps_ms(intervals) -> list[float]:
     """The lengths (ms) of the gaps between the union of (start_us, end_us) intervals."""
+    return [g for g, _ in gaps_before((a, b, None) for a, b in intervals)]
+
+
+def gaps_before(items) -> list[tuple[float, object]]:
+    """(gap ms, what started the gap's end) for each gap between the union of (start_us, end_us, what)."""
     gaps, end = [], None
-    for a, b in sorted(intervals):
+    for a, b, what in sorted(items, key=lambda t: (t[0], t[1])):
         if end is not None and a > end:
-            gaps.append((a - end) / 1e3)
+            gaps.append(((a - end) / 1e3, what))
         end = b if end is None else max(end, b)
     return gaps
+
+
+#: Upper edges (ms) of the lengths the idle gaps are counted by.
+GAP_EDGES_MS = (0.01, 0.05, 0.2, LONG_GAP_MS)
+
+
+def _gap_label(lo: float, hi: float | None) -> str:
+    us = lambda ms: f"{ms * 1e3:g}"  # noqa: E731
+    return f"under {us(hi)} us" if lo == 0 else f"{us(lo)} us or more" if hi is None else f"{us(lo)}-{us(hi)} us"
+
+
+def gap_profile(gaps: list[tuple[float, str]], steps: int, top: int = 5) -> dict:
+    """The idle gaps a step: by length ({label: [count, ms]}) and by the kernel category that ended
+    them (the top ``top`` by ms): a gap before a step's first kernel is the host or the handoff, a
+    gap before one in the middle of a replayed graph is the GPU busy with other work."""
+    by_length, lo = {}, 0.0
+    for hi in (*GAP_EDGES_MS, None):
+        inside = [g for g, _ in gaps if g >= lo and (hi is None or g < hi)]
+        by_length[_gap_label(lo, hi)] = [len(inside) / steps, sum(inside) / steps]
+        lo = hi
+    by_next: dict[str, float] = {}
+    for g, what in gaps:
+        by_next[what] = by_next.get(what, 0.0) + g / steps
+    return {"by_length": by_length, "before": dict(sorted(by_next.items(), key=lambda kv: -kv[1])[:top])}
 
 
 class _Done(Exception):
@@ -93,23 +124,24 @@ class Window:
 
 
 def summarize(prof, wall_s: float, steps: int, batch: int, device: torch.device) -> dict:
-    """Per step: wall ms, the GPU's busy ms (union of this process's kernels and copies), idle ms, and
-    kernel ms by category."""
+    """Per step: wall ms, the GPU's busy ms (union of this process's kernels and copies), idle ms (and
+    its gaps: :func:`gap_profile`), and kernel ms by category."""
     from alexnet.tools.timing import categorize, device_events
 
     wall_ms = wall_s * 1e3 / steps
     out = {"steps": steps, "batch": batch, "wall_ms": wall_ms, "images_per_s": batch * steps / wall_s}
     if device.type != "cuda":
         return out
-    intervals, cats = [], {}
+    items, cats = [], {}
     for evt, us in device_events(prof):
-        intervals.append((evt.time_range.start, evt.time_range.end))
         c = categorize(evt.name)
+        items.append((evt.time_range.start, evt.time_range.end, c))
         cats[c] = cats.get(c, 0.0) + us / 1e3 / steps
-    busy = union_ms(intervals) / steps
-    long = [g for g in gaps_ms(intervals) if g >= LONG_GAP_MS]
+    busy = union_ms([(a, b) for a, b, _ in items]) / steps
+    gaps = gaps_before(items)
+    long = [g for g, _ in gaps if g >= LONG_GAP_MS]
     out.update(busy_ms=busy, idle_ms=max(0.0, wall_ms - busy), long_gaps=len(long), long_gap_ms=sum(long) / steps,
-               kernel_ms=dict(sorted(cats.items(), key=lambda kv: -kv[1])))
+               gaps=gap_profile(gaps, steps), kernel_ms=dict(sorted(cats.items(), key=lambda kv: -kv[1])))
     return out
 
 
@@ -154,6 +186,11 @@ def table(r: dict) -> str:
                      f"({100 * r['busy_ms'] / r['wall_ms']:.1f}%), idle {r['idle_ms']:.3f} ms")
         lines.append(f"of which in gaps of {LONG_GAP_MS} ms or more: {r['long_gap_ms']:.3f} ms a step "
                      f"({r['long_gaps']} gaps in {r['steps']} steps)")
+        if "gaps" in r:
+            lines.append("idle gaps a step, by length (count, ms): " + "; ".join(
+                f"{k} {n:.1f}, {ms:.3f}" for k, (n, ms) in r["gaps"]["by_length"].items()))
+            lines.append("idle gaps a step, by the kind of kernel that ended them (ms): " + "; ".join(
+                f"{k} {ms:.3f}" for k, ms in r["gaps"]["before"].items()))
         lines.append("kernel and copy time a step (ms; streams overlap, so these may add up to more than busy):")
         lines += [f"  {c:<40}{ms:>9.3f}" for c, ms in r["kernel_ms"].items()]
     return "\n".join(lines)
