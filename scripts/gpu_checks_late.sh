@@ -16,9 +16,7 @@ jpeg_store 1281167 430
 REP=(--data /tmp/rep --epochs 1 --val-split val --test-crops 1 --eval-batch-size 500 --stall-epochs 0 --batch-size 256 --no-progress)
 for spec in "late|$PWD/src" "before|$PWD/.carry/before/src"; do
   IFS='|' read -r name src <<< "$spec"
-  PYTHONPATH=/tmp/nvpkgs:$src timeout 150 python -m alexnet profile --at-step 500 --steps 400 \
-    --json-out "$OUT/e2e_$name.json" "${REP[@]}" --out "/tmp/runs/$name" > "$OUT/e2e_$name.txt" 2>&1
-  stamp "$name: exit $?"
+  PYTHONPATH=/tmp/nvpkgs:$src profile_one "$name"
 done
 cat "$OUT/tests.txt"
 echo "stderr lines before the first 'network:' line (nvImageCodec's noise; 'before' has it):"

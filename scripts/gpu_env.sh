@@ -5,7 +5,7 @@
 # /tmp/runs/NAME under a time limit, its output appended to $LOG; `photo_tree DEST`, the sample photos as
 # an image-folder tree; `raw_store`, `jpeg_store`: the stores the runs read (`nv_wheels`: the GPU decoders); `run_all`, `with_mps`,
 # `mps_start`, `mps_stop`: runs, with or without NVIDIA's MPS daemon; `watch`: where a run's cores (and the GPU, its JPEG engines) go;
-# `each_run`: runs given as specs; `resident_step`: the step on GPU-resident batches; `sitecustomize`: a module constant patched in the processes of a run.
+# `each_run`: runs given as specs; `profile_one`: `alexnet profile` of a run; `resident_step`: the step on GPU-resident batches; `sitecustomize`: a module constant patched in the processes of a run.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -77,6 +77,13 @@ mps_stop() {
 }
 watch() {  # NAME: scripts/cpu_monitor.py beside the run NAME (started just before it), over its epoch 2
   python scripts/cpu_monitor.py "/tmp/runs/$1" "$1" --gpu >> "$OUT/cpu.txt" 2>&1 &
+}
+profile_one() {  # NAME OPTIONS...: `alexnet profile` of steps 500-899 of the run REP + OPTIONS (150 s at most),
+  # its table in $OUT/e2e_NAME.txt (from the line "window:" on) and its result in $OUT/e2e_NAME.json
+  local name=$1; shift
+  timeout 150 python -m alexnet profile --at-step 500 --steps 400 --json-out "$OUT/e2e_$name.json" \
+    "${REP[@]}" --out "/tmp/runs/$name" "$@" > "$OUT/e2e_$name.txt" 2>&1
+  stamp "$name: exit $?"
 }
 resident_step() {  # BATCH...: the paper's net's step on GPU-resident batches (`alexnet bench --rows step`,
   # graphed), its table on stdout (the line "alexnet2012 graphed RATE..."), 120 s at most

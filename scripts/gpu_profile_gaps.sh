@@ -14,9 +14,7 @@ jpeg_store 384000 200
 REP=(--data /tmp/rep --epochs 1 --val-split val --test-crops 1 --eval-batch-size 500 --stall-epochs 0 --batch-size 256 --no-progress)
 for spec in "defaults|" "gpu-workers-2|--gpu-workers 2" "decode-cpu|--decode cpu"; do
   IFS='|' read -r name opts <<< "$spec"
-  timeout 150 python -m alexnet profile --at-step 500 --steps 400 --json-out "$OUT/e2e_$name.json" \
-    "${REP[@]}" --out "/tmp/runs/$name" $opts > "$OUT/e2e_$name.txt" 2>&1
-  stamp "$name: exit $?"
+  profile_one "$name" $opts
 done
 cat "$OUT/tests.txt"
 for name in defaults gpu-workers-2 decode-cpu; do echo "== $name"; sed -n '/^window:/,$p' "$OUT/e2e_$name.txt"; done
