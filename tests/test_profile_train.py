@@ -20,9 +20,12 @@ def test_union_counts_overlapping_time_once():
 
 
 def test_gaps_are_the_time_between_the_union_s_pieces():
-    assert P.gaps_ms([]) == []
-    assert P.gaps_ms([(0, 1000), (500, 1500), (2000, 3000), (2500, 2600), (3100, 4000)]) == [0.5, 0.1]
-    assert P.gaps_ms([(3000, 4000), (0, 1000)]) == [2.0]
+    def gaps_ms(intervals):
+        return [g for g, _ in P.gaps_before((a, b, None) for a, b in intervals)]
+
+    assert gaps_ms([]) == []
+    assert gaps_ms([(0, 1000), (500, 1500), (2000, 3000), (2500, 2600), (3100, 4000)]) == [0.5, 0.1]
+    assert gaps_ms([(3000, 4000), (0, 1000)]) == [2.0]
 
 
 def test_gaps_are_counted_by_length_and_by_what_ended_them():

@@ -25,7 +25,7 @@ import time
 
 import torch
 
-__all__ = ["Window", "union_ms", "gaps_ms", "gaps_before", "gap_profile", "summarize", "profile_run", "table"]
+__all__ = ["Window", "union_ms", "gaps_before", "gap_profile", "summarize", "profile_run", "table"]
 
 #: Idle gaps at least this long (ms) are counted apart: a drained queue (the host waited for the GPU,
 #: then for itself or for a batch), not the launch latency between kernels.
@@ -41,11 +41,6 @@ def union_ms(intervals) -> float:
         total += b - max(a, end)
         end = b
     return total / 1e3
-
-
-def gaps_ms(intervals) -> list[float]:
-    """The lengths (ms) of the gaps between the union of (start_us, end_us) intervals."""
-    return [g for g, _ in gaps_before((a, b, None) for a, b in intervals)]
 
 
 def gaps_before(items) -> list[tuple[float, object]]:
