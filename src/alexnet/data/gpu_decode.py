@@ -106,6 +106,10 @@ _WITH_MPS = f"with MPS running ({START_MPS}) {GPU_WORKERS_WITH_MPS} GPU workers{
 # on streams of their own (two batches in flight inside nvImageCodec), nor holding training to 90% of the
 # SMs under MPS (CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=90: the step loses 6%; ninth session).
 DECODE_STREAM_PRIORITY = 0
+# The share of the GPU's SMs a GPU worker's kernels may use under MPS (CUDA_MPS_ACTIVE_THREAD_PERCENTAGE,
+# set in the worker before it starts CUDA; None: no limit). The decoders' kernels then cannot fill SMs
+# the training step's kernels would use.
+GPU_WORKER_SM_PERCENT: int | None = None
 
 
 def mps_running() -> bool:
