@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# Needs GPU_WORKER_SM_PERCENT (alexnet.data.gpu_decode), which was removed after these measurements
+# (docs/RESULTS.md, fourteenth session): run it on commit 77e1882.
 # For the next call (fourteenth session, 2026-12-01): at batch 256 from JPEG on 16 cores, `alexnet train`
 # idles only 0.138 ms a step (97.5% busy), yet its kernels take 5.453 ms a step against 5.324 on resident
 # data: under MPS the GPU workers' decoding kernels run beside the step's and take SMs from them. Here the

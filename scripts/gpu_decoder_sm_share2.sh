@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# Needs GPU_WORKER_SM_PERCENT (alexnet.data.gpu_decode), which was removed after these measurements
+# (docs/RESULTS.md, fourteenth session): run it on commit 77e1882.
 # For the next call (fourteenth session, 2026-12-01), after gpu_decoder_sm_share.sh: on that call's host the
 # defaults waited for data (39,261-39,931 img/s, 0.7-0.8 ms a step in gaps of 0.5 ms or more) and the GPU
 # workers held to 25% of the SMs did best (42,756), within what may be noise. Here, alternated on one

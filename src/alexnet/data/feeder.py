@@ -36,7 +36,7 @@ import torch
 
 from alexnet import runtime
 from alexnet.data.decode import store_jpeg_decoder
-from alexnet.data.gpu_decode import GPU_DECODERS, GPU_WORKER_SM_PERCENT, default_gpu_workers, resolve_decode, resolve_gpu_decoder
+from alexnet.data.gpu_decode import GPU_DECODERS, default_gpu_workers, resolve_decode, resolve_gpu_decoder
 from alexnet.data.handoff import on_current_stream, through_staging
 from alexnet.data.inprocess import InProcessLoader
 from alexnet.data.order import epoch_shards, num_batches
@@ -161,7 +161,7 @@ class Feeder:
         device = self.device
         if self._cuda and device.index is None:  # the GPU workers decode on this process's GPU
             device = torch.device("cuda", torch.cuda.current_device())
-        gpu = {"device": str(device), "decoder": self.gpu_decoder, "sm_percent": GPU_WORKER_SM_PERCENT}
+        gpu = {"device": str(device), "decoder": self.gpu_decoder}
         self._pool = WorkerPool(self.workers, self._ring, source, self.gpu_workers, gpu)  # last: nothing can fail after
 
     # -- the public side

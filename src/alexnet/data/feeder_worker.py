@@ -114,8 +114,6 @@ def main(wid: int, conn, handle: RingHandle, source: dict, parent: int, gpu: dic
         if gpu is not None:
             from alexnet.data.gpu_decode import GpuDecoding
 
-            if gpu.get("sm_percent"):  # before this process starts CUDA, which reads it then
-                os.environ["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(gpu["sm_percent"])
             on_gpu = GpuDecoding(ring, source, gpu["device"], gpu["decoder"])
         conn.send(("ready", wid, None, None, None))
     except BaseException as e:

@@ -104,12 +104,9 @@ _WITH_MPS = f"with MPS running ({START_MPS}) {GPU_WORKERS_WITH_MPS} GPU workers{
 # its hardware decoder's kernels on a stream of its own. Nor did putting the training process below
 # normal as an MPS client (CUDA_MPS_CLIENT_PRIORITY=1, eighth session). Nor two decoders per GPU worker
 # on streams of their own (two batches in flight inside nvImageCodec), nor holding training to 90% of the
-# SMs under MPS (CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=90: the step loses 6%; ninth session).
+# SMs under MPS (CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=90: the step loses 6%; ninth session), nor holding the
+# GPU workers to 12-50% of them (the step's kernels took as long; fourteenth session, commit 77e1882).
 DECODE_STREAM_PRIORITY = 0
-# The share of the GPU's SMs a GPU worker's kernels may use under MPS (CUDA_MPS_ACTIVE_THREAD_PERCENTAGE,
-# set in the worker before it starts CUDA; None: no limit). The decoders' kernels then cannot fill SMs
-# the training step's kernels would use.
-GPU_WORKER_SM_PERCENT: int | None = None
 
 
 def mps_running() -> bool:
