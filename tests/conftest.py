@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 # ============================================================================ data fixtures
 # (tests/test_layouts.py, tests/test_prepare.py, tests/test_loader.py)
@@ -148,3 +149,24 @@ class StopAfter:
 
     def __getattr__(self, name):
         return getattr(self._step, name)
+
+
+# ============================================================================ GPU numerics fixtures
+# (tests/test_fast_layers.py)
+
+
+@pytest.fixture
+def plain_fp32_cuda():
+    """CUDA's float32 as written, for the duration of a test: no TF32, and cuDNN's algorithms chosen by
+    its heuristics, not by `cudnn.benchmark`, which an earlier test in the process may have turned on (an
+    `alexnet train` on CUDA does). Restored afterwards. Without it, in the full GPU suite (2026-12-01),
+    six float32 cases of test_fast_layers failed: conv1's weight gradient 1.24e-3 from the reference's,
+    the size of float32's own distance from float64 there, while in a fresh process, benchmark on or
+    off, the two agree to 8e-7; which algorithm the earlier tests had left chosen was not found out."""
+    b = torch.backends
+    saved = b.cudnn.benchmark, b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32
+    b.cudnn.benchmark = b.cudnn.allow_tf32 = b.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        b.cudnn.benchmark, b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32 = saved

@@ -229,9 +229,7 @@ def _gpu_pair(**kw):
 @gpu
 @needs_cuda
 @pytest.mark.parametrize("opts", list(_options(full=True)), ids=str)
-def test_fast_network_equals_reference_on_cuda_fp32(opts):
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
+def test_fast_network_equals_reference_on_cuda_fp32(opts, plain_fp32_cuda):
     ref, _, x = _gpu_pair()
     model = build_model("alexnet2012", dropout=0.0, impl="fast", fast=fast.format_choices(opts)).cuda()
     model.to(memory_format=torch.channels_last).load_state_dict(ref.state_dict())
