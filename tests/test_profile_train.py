@@ -44,6 +44,27 @@ def test_gaps_are_counted_by_length_and_by_what_ended_them():
     assert "500 us or more 0.5, 0.600" in text and "copy 0.615" in text
 
 
+def test_kernels_are_summed_by_name_longest_first(monkeypatch):
+    from types import SimpleNamespace
+
+    import alexnet.tools.timing as timing
+
+    def evt(name, a, b):
+        return SimpleNamespace(name=name, time_range=SimpleNamespace(start=a, end=b))
+
+    trace = [(evt("conv_fprop", 0, 300), 300.0), (evt("_lrn_bwd_tile", 300, 350), 50.0),
+             (evt("conv_fprop", 400, 700), 300.0), (evt("Memcpy HtoD", 0, 900), 900.0)]
+    monkeypatch.setattr(timing, "device_events", lambda prof: iter(trace))
+    r = P.summarize(None, wall_s=2e-3, steps=2, batch=8, device=torch.device("cuda"))
+    assert [k["name"] for k in r["top_kernels"]] == ["Memcpy HtoD", "conv_fprop", "_lrn_bwd_tile"]
+    conv = r["top_kernels"][1]
+    assert conv["ms_per_step"] == pytest.approx(0.3) and conv["calls_per_step"] == 1.0
+    assert conv["category"] == "convolutions" and r["kernel_ms"]["convolutions"] == pytest.approx(0.3)
+    assert r["busy_ms"] == pytest.approx(0.45)   # 0-900 us covered once, over 2 steps
+    r["epochs"] = [1, 1]
+    assert "0.300   1.00  conv_fprop" in P.table(r)
+
+
 def _cfg(shapes, out, **kw):
     return TrainConfig(**(dict(data=str(shapes), out=str(out), arch="cifar-fig1", batch_size=16, epochs=1,
                                progress=False) | kw))
@@ -100,3 +121,5 @@ def test_on_cuda_the_gpu_time_is_split_into_busy_idle_and_kernels(shapes, tmp_pa
     assert in_gaps <= r["idle_ms"] + 1e-6 and sum(r["gaps"]["before"].values()) <= in_gaps + 1e-6
     assert sum(r["kernel_ms"].values()) >= r["busy_ms"] * 0.99   # the union never exceeds the sum
     assert any("conv" in c or "gemm" in c or "elementwise" in c for c in r["kernel_ms"]), r["kernel_ms"]
+    top = [k["ms_per_step"] for k in r["top_kernels"]]
+    assert top == sorted(top, reverse=True) and 0 < sum(top) <= sum(r["kernel_ms"].values()) + 1e-6

@@ -53,6 +53,9 @@ def gaps_before(items) -> list[tuple[float, object]]:
     return gaps
 
 
+#: Kernels (and copies) by name kept in the result, longest first; and how many of them the table shows.
+TOP_KERNELS, TOP_KERNELS_SHOWN = 60, 15
+
 #: Upper edges (ms) of the lengths the idle gaps are counted by.
 GAP_EDGES_MS = (0.01, 0.05, 0.2, LONG_GAP_MS)
 
@@ -120,23 +123,28 @@ class Window:
 
 def summarize(prof, wall_s: float, steps: int, batch: int, device: torch.device) -> dict:
     """Per step: wall ms, the GPU's busy ms (union of this process's kernels and copies), idle ms (and
-    its gaps: :func:`gap_profile`), and kernel ms by category."""
+    its gaps: :func:`gap_profile`), kernel ms by category, and the longest kernels and copies by name
+    (``top_kernels``, as `alexnet bench --profile` reports the resident step's, to be read against it)."""
     from alexnet.tools.timing import categorize, device_events
 
     wall_ms = wall_s * 1e3 / steps
     out = {"steps": steps, "batch": batch, "wall_ms": wall_ms, "images_per_s": batch * steps / wall_s}
     if device.type != "cuda":
         return out
-    items, cats = [], {}
+    items, cats, named = [], {}, {}
     for evt, us in device_events(prof):
         c = categorize(evt.name)
         items.append((evt.time_range.start, evt.time_range.end, c))
         cats[c] = cats.get(c, 0.0) + us / 1e3 / steps
+        k = named.setdefault(evt.name, {"name": evt.name[:160], "ms_per_step": 0.0, "calls_per_step": 0.0, "category": c})
+        k["ms_per_step"] += us / 1e3 / steps
+        k["calls_per_step"] += 1 / steps
     busy = union_ms([(a, b) for a, b, _ in items]) / steps
     gaps = gaps_before(items)
     long = [g for g, _ in gaps if g >= LONG_GAP_MS]
     out.update(busy_ms=busy, idle_ms=max(0.0, wall_ms - busy), long_gaps=len(long), long_gap_ms=sum(long) / steps,
-               gaps=gap_profile(gaps, steps), kernel_ms=dict(sorted(cats.items(), key=lambda kv: -kv[1])))
+               gaps=gap_profile(gaps, steps), kernel_ms=dict(sorted(cats.items(), key=lambda kv: -kv[1])),
+               top_kernels=sorted(named.values(), key=lambda k: -k["ms_per_step"])[:TOP_KERNELS])
     return out
 
 
@@ -188,4 +196,8 @@ def table(r: dict) -> str:
                 f"{k} {ms:.3f}" for k, ms in r["gaps"]["before"].items()))
         lines.append("kernel and copy time a step (ms; streams overlap, so these may add up to more than busy):")
         lines += [f"  {c:<40}{ms:>9.3f}" for c, ms in r["kernel_ms"].items()]
+        if r.get("top_kernels"):
+            lines.append(f"the {TOP_KERNELS_SHOWN} longest kernels and copies (ms a step, calls a step, name):")
+            lines += [f"  {k['ms_per_step']:8.3f} {k['calls_per_step']:6.2f}  {k['name'][:100]}"
+                      for k in r["top_kernels"][:TOP_KERNELS_SHOWN]]
     return "\n".join(lines)

@@ -147,7 +147,7 @@ def profile_breakdown(fn, steps: int, timer: Timer) -> dict:
                         "category": categorize(evt.key)})
     kernels.sort(key=lambda k: -k["ms_per_step"])
     return {"ms_per_step": {k: v for k, v in cats.items() if v > 0}, "total_ms": sum(cats.values()),
-            "top_kernels": kernels[:40]}
+            "top_kernels": kernels[:60]}
 
 
 def device_events(prof):
