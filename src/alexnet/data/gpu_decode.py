@@ -275,20 +275,12 @@ class GpuDecoding:
             if not self.cuda:
                 torch.stack(images, out=dst)
                 return Decoded(None, None)
-            if self.registered and all(im.is_contiguous() for im in images):
-                # Each image straight into its place in the slot: copies on the copy engines, and no
-                # kernel (a stack) on the SMs the training step is using meanwhile.
-                for i, im in enumerate(images):
-                    dst[i].copy_(im, non_blocking=True)
-                kept = (owners, images)
-            else:  # torchvision's CHW views, or a ring the driver would not page-lock: one copy
-                stacked = torch.stack(images)
-                dst.copy_(stacked, non_blocking=self.registered)
-                kept = (owners, images, stacked)
+            stacked = torch.stack(images)
+            dst.copy_(stacked, non_blocking=self.registered)
             # Waited on without spinning (CUDA's default spins a core, which the CPU workers need).
             done = torch.cuda.Event(blocking=True)
             done.record(self.stream)
-        return Decoded(done, kept)  # the decoder's buffers live until the copies are done
+        return Decoded(done, (owners, images, stacked))  # the decoder's buffers live until the copy is done
 
 
 class Decoded:
