@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The change it measures was reverted (device time ran out before its runs): check out dfaade9 and make
 # .carry/old with `git archive dfaade9^ src | tar -x -C .carry/old` first.
-# Fourteenth session (2026-12-01), last call: with GPU workers decoding under MPS the step's kernels take
+# Fifteenth session (2026-12-01), last call: with GPU workers decoding under MPS the step's kernels take
 # ~3% longer than with CPU decoding, most of it the decoders' work beside the step (MPS alone: ~0.8%). A GPU
 # worker stacked each decoded batch on the GPU (a kernel reading and writing 50 MB on the SMs) before one
 # copy back; now each image is copied straight into the ring (copy engines only) where nvImageCodec's
