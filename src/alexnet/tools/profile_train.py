@@ -53,8 +53,8 @@ def gaps_before(items) -> list[tuple[float, object]]:
     return gaps
 
 
-#: Kernels (and copies) by name kept in the result, longest first; and how many of them the table shows.
-TOP_KERNELS, TOP_KERNELS_SHOWN = 60, 15
+#: How many of the kernels by name (:data:`alexnet.tools.timing.TOP_KERNELS` kept) the table shows.
+TOP_KERNELS_SHOWN = 15
 
 #: Upper edges (ms) of the lengths the idle gaps are counted by.
 GAP_EDGES_MS = (0.01, 0.05, 0.2, LONG_GAP_MS)
@@ -125,7 +125,7 @@ def summarize(prof, wall_s: float, steps: int, batch: int, device: torch.device)
     """Per step: wall ms, the GPU's busy ms (union of this process's kernels and copies), idle ms (and
     its gaps: :func:`gap_profile`), kernel ms by category, and the longest kernels and copies by name
     (``top_kernels``, as `alexnet bench --profile` reports the resident step's, to be read against it)."""
-    from alexnet.tools.timing import categorize, device_events
+    from alexnet.tools.timing import TOP_KERNELS, categorize, device_events
 
     wall_ms = wall_s * 1e3 / steps
     out = {"steps": steps, "batch": batch, "wall_ms": wall_ms, "images_per_s": batch * steps / wall_s}

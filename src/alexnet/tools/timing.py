@@ -93,6 +93,10 @@ CATEGORIES = ("convolutions", "matmul (fc layers)", "response norm (Triton)", "m
               "collectives (NCCL)", "optimizer", "memcpy/memset", "other")
 
 
+#: Kernels (and copies) by name kept in a profile's result, longest first.
+TOP_KERNELS = 60
+
+
 def categorize(name: str) -> str:
     n = name.lower()
     rules = (("response norm (Triton)", ("lrn",)), ("max-pool", ("max_pool", "maxpool", "_pool_")),
@@ -147,7 +151,7 @@ def profile_breakdown(fn, steps: int, timer: Timer) -> dict:
                         "category": categorize(evt.key)})
     kernels.sort(key=lambda k: -k["ms_per_step"])
     return {"ms_per_step": {k: v for k, v in cats.items() if v > 0}, "total_ms": sum(cats.values()),
-            "top_kernels": kernels[:60]}
+            "top_kernels": kernels[:TOP_KERNELS]}
 
 
 def device_events(prof):
