@@ -65,6 +65,23 @@ def test_kernels_are_summed_by_name_longest_first(monkeypatch):
     assert "0.300   1.00  conv_fprop" in P.table(r)
 
 
+def test_the_resident_step_s_profile_lists_its_kernels_in_the_same_form(monkeypatch):
+    from types import SimpleNamespace
+
+    import alexnet.tools.timing as timing
+
+    avg = [SimpleNamespace(key="conv_fprop", count=4, self_device_time_total=600.0),
+           SimpleNamespace(key="aten::conv2d", count=2, self_device_time_total=0.0),   # host-side: no GPU time
+           SimpleNamespace(key="_lrn_bwd_tile", count=2, self_device_time_total=50.0)]
+    monkeypatch.setattr(timing, "_profile", lambda fn, steps, timer: (SimpleNamespace(key_averages=lambda: avg), 1.0))
+    r = timing.profile_breakdown(None, steps=2, timer=None)
+    assert r["top_kernels"] == [
+        {"name": "conv_fprop", "ms_per_step": pytest.approx(0.3), "calls_per_step": 2.0, "category": "convolutions"},
+        {"name": "_lrn_bwd_tile", "ms_per_step": pytest.approx(0.025), "calls_per_step": 1.0,
+         "category": "response norm (Triton)"}]
+    assert r["ms_per_step"] == {"convolutions": pytest.approx(0.3), "response norm (Triton)": pytest.approx(0.025)}
+
+
 def _cfg(shapes, out, **kw):
     return TrainConfig(**(dict(data=str(shapes), out=str(out), arch="cifar-fig1", batch_size=16, epochs=1,
                                progress=False) | kw))

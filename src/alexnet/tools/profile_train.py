@@ -125,7 +125,7 @@ def summarize(prof, wall_s: float, steps: int, batch: int, device: torch.device)
     """Per step: wall ms, the GPU's busy ms (union of this process's kernels and copies), idle ms (and
     its gaps: :func:`gap_profile`), kernel ms by category, and the longest kernels and copies by name
     (``top_kernels``, as `alexnet bench --profile` reports the resident step's, to be read against it)."""
-    from alexnet.tools.timing import TOP_KERNELS, categorize, device_events
+    from alexnet.tools.timing import categorize, device_events, top_kernels
 
     wall_ms = wall_s * 1e3 / steps
     out = {"steps": steps, "batch": batch, "wall_ms": wall_ms, "images_per_s": batch * steps / wall_s}
@@ -136,15 +136,14 @@ def summarize(prof, wall_s: float, steps: int, batch: int, device: torch.device)
         c = categorize(evt.name)
         items.append((evt.time_range.start, evt.time_range.end, c))
         cats[c] = cats.get(c, 0.0) + us / 1e3 / steps
-        k = named.setdefault(evt.name, {"name": evt.name[:160], "ms_per_step": 0.0, "calls_per_step": 0.0, "category": c})
-        k["ms_per_step"] += us / 1e3 / steps
-        k["calls_per_step"] += 1 / steps
+        total, calls = named.get(evt.name, (0.0, 0))
+        named[evt.name] = (total + us, calls + 1)
     busy = union_ms([(a, b) for a, b, _ in items]) / steps
     gaps = gaps_before(items)
     long = [g for g, _ in gaps if g >= LONG_GAP_MS]
     out.update(busy_ms=busy, idle_ms=max(0.0, wall_ms - busy), long_gaps=len(long), long_gap_ms=sum(long) / steps,
                gaps=gap_profile(gaps, steps), kernel_ms=dict(sorted(cats.items(), key=lambda kv: -kv[1])),
-               top_kernels=sorted(named.values(), key=lambda k: -k["ms_per_step"])[:TOP_KERNELS])
+               top_kernels=top_kernels(named, steps))
     return out
 
 

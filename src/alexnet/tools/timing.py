@@ -10,7 +10,7 @@ import time
 
 import torch
 
-__all__ = ["Timer", "measure", "environment", "rate", "categorize", "profile_breakdown", "device_events", "device_busy"]
+__all__ = ["Timer", "measure", "environment", "rate", "categorize", "profile_breakdown", "top_kernels", "device_events", "device_busy"]
 
 
 class Timer:
@@ -140,18 +140,24 @@ def profile_breakdown(fn, steps: int, timer: Timer) -> dict:
     """GPU time per step by category (kernel times) and the top kernels."""
     prof, _ = _profile(fn, steps, timer)
     cats = {c: 0.0 for c in CATEGORIES}
-    kernels = []
+    totals = {}
     for evt in prof.key_averages():
         us = getattr(evt, "self_device_time_total", None) or getattr(evt, "self_cuda_time_total", 0.0)
         if not us:
             continue
-        ms = us / 1e3 / steps
-        cats[categorize(evt.key)] += ms
-        kernels.append({"name": evt.key[:160], "ms_per_step": ms, "calls_per_step": evt.count / steps,
-                        "category": categorize(evt.key)})
-    kernels.sort(key=lambda k: -k["ms_per_step"])
+        cats[categorize(evt.key)] += us / 1e3 / steps
+        totals[evt.key] = (us, evt.count)
     return {"ms_per_step": {k: v for k, v in cats.items() if v > 0}, "total_ms": sum(cats.values()),
-            "top_kernels": kernels[:TOP_KERNELS]}
+            "top_kernels": top_kernels(totals, steps)}
+
+
+def top_kernels(totals: dict[str, tuple[float, int]], steps: int) -> list[dict]:
+    """The TOP_KERNELS longest of {name: (own GPU time in us, calls)} over ``steps`` steps, longest first,
+    each as {"name", "ms_per_step", "calls_per_step", "category"}: the form `alexnet bench --profile` and
+    `alexnet profile` both report, so that their lists can be read against each other."""
+    rows = [{"name": name[:160], "ms_per_step": us / 1e3 / steps, "calls_per_step": calls / steps,
+             "category": categorize(name)} for name, (us, calls) in totals.items()]
+    return sorted(rows, key=lambda k: -k["ms_per_step"])[:TOP_KERNELS]
 
 
 def device_events(prof):
