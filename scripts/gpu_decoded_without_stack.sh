@@ -28,12 +28,4 @@ for name in old1 new1 old2 new2; do
   if [[ $name == old* ]]; then PYTHONPATH=/tmp/nvpkgs:$PWD/.carry/old/src profile_one "$name"; else profile_one "$name"; fi
 done
 cat "$OUT/contiguous.txt" "$OUT/tests.txt"
-python - "$OUT" <<'PY'
-import glob, json, os, sys
-cats = ["convolutions", "fused elementwise (inductor Triton)", "other", "matmul (fc layers)", "elementwise (ATen)", "layout copies", "response norm (Triton)", "max-pool"]
-print(f"{'run':6} {'img/s':>7} {'busy':>6} {'idle':>6} {'kernels':>8} " + " ".join(c.split()[0][:9] for c in cats))
-for f in sorted(glob.glob(f"{sys.argv[1]}/e2e_*.json"), key=os.path.getmtime):
-    r = json.load(open(f)); k = r["kernel_ms"]
-    print(f"{os.path.basename(f)[4:-5]:6} {r['images_per_s']:7.0f} {r['busy_ms']:6.3f} {r['idle_ms']:6.3f} "
-          f"{sum(v for c, v in k.items() if c != 'memcpy/memset'):8.3f} " + " ".join(f"{k.get(c, 0):9.4f}" for c in cats))
-PY
+kernel_table

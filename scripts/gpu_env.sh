@@ -5,7 +5,7 @@
 # /tmp/runs/NAME under a time limit, its output appended to $LOG; `photo_tree DEST`, the sample photos as
 # an image-folder tree; `raw_store`, `jpeg_store`: the stores the runs read (`nv_wheels`: the GPU decoders); `run_all`, `with_mps`,
 # `mps_start`, `mps_stop`: runs, with or without NVIDIA's MPS daemon; `watch`: where a run's cores (and the GPU, its JPEG engines) go;
-# `each_run`: runs given as specs; `profile_one`: `alexnet profile` of a run; `resident_step`: the step on GPU-resident batches; `sitecustomize`: a module constant patched in the processes of a run.
+# `each_run`: runs given as specs; `profile_one`: `alexnet profile` of a run (`kernel_table`: its runs' kernel times); `resident_step`: the step on GPU-resident batches; `sitecustomize`: a module constant patched in the processes of a run.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -84,6 +84,18 @@ profile_one() {  # NAME OPTIONS...: `alexnet profile` of steps 500-899 of the ru
   timeout 150 python -m alexnet profile --at-step 500 --steps 400 --json-out "$OUT/e2e_$name.json" \
     "${REP[@]}" --out "/tmp/runs/$name" "$@" > "$OUT/e2e_$name.txt" 2>&1
   stamp "$name: exit $?"
+}
+kernel_table() {  # profile_one's runs in $OUT, in the order they ran: images/s, GPU busy and idle, the kernels'
+  # time outside the copies and by kind (ms a step)
+  python - "$OUT" <<'PY'
+import glob, json, os, sys
+cats = ["convolutions", "fused elementwise (inductor Triton)", "other", "matmul (fc layers)", "elementwise (ATen)", "layout copies", "response norm (Triton)", "max-pool"]
+print(f"{'run':16} {'img/s':>7} {'busy':>6} {'idle':>6} {'kernels':>8} " + " ".join(c.split()[0][:9] for c in cats))
+for f in sorted(glob.glob(f"{sys.argv[1]}/e2e_*.json"), key=os.path.getmtime):
+    r = json.load(open(f)); k = r["kernel_ms"]
+    print(f"{os.path.basename(f)[4:-5]:16} {r['images_per_s']:7.0f} {r['busy_ms']:6.3f} {r['idle_ms']:6.3f} "
+          f"{sum(v for c, v in k.items() if c != 'memcpy/memset'):8.3f} " + " ".join(f"{k.get(c, 0):9.4f}" for c in cats))
+PY
 }
 resident_step() {  # BATCH...: the paper's net's step on GPU-resident batches (`alexnet bench --rows step`,
   # graphed), its table on stdout (the line "alexnet2012 graphed RATE..."), 120 s at most

@@ -14,12 +14,4 @@ if mps_start; then
   mps_stop
 fi
 profile_one gpu-workers-1 --gpu-workers 1
-python - "$OUT" <<'PY'
-import glob, json, os, sys
-cats = ["convolutions", "fused elementwise (inductor Triton)", "other", "matmul (fc layers)", "elementwise (ATen)", "layout copies", "response norm (Triton)", "max-pool"]
-print(f"{'run':16} {'img/s':>7} {'busy':>6} {'idle':>6} {'non-copy kernels':>16} " + " ".join(c.split()[0][:9] for c in cats))
-for f in sorted(glob.glob(f"{sys.argv[1]}/e2e_*.json")):
-    r = json.load(open(f)); k = r["kernel_ms"]
-    print(f"{os.path.basename(f)[4:-5]:16} {r['images_per_s']:7.0f} {r['busy_ms']:6.3f} {r['idle_ms']:6.3f} "
-          f"{sum(v for c, v in k.items() if c != 'memcpy/memset'):16.3f} " + " ".join(f"{k.get(c, 0):9.4f}" for c in cats))
-PY
+kernel_table
