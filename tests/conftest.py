@@ -162,11 +162,15 @@ def plain_fp32_cuda():
     `alexnet train` on CUDA does). Restored afterwards. Without it, in the full GPU suite (2026-12-01),
     six float32 cases of test_fast_layers failed: conv1's weight gradient 1.24e-3 from the reference's,
     the size of float32's own distance from float64 there, while in a fresh process, benchmark on or
-    off, the two agree to 8e-7; which algorithm the earlier tests had left chosen was not found out."""
+    off, the two agree to 8e-7; which algorithm the earlier tests had left chosen was not found out.
+    Deterministic mode off too: an earlier `alexnet train --deterministic` in the process leaves it on,
+    and some CUDA backward kernels then raise (adaptive average pooling's, 2026-12-02)."""
     b = torch.backends
-    saved = b.cudnn.benchmark, b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32
+    saved = b.cudnn.benchmark, b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32, torch.are_deterministic_algorithms_enabled()
     b.cudnn.benchmark = b.cudnn.allow_tf32 = b.cuda.matmul.allow_tf32 = False
+    torch.use_deterministic_algorithms(False)
     try:
         yield
     finally:
-        b.cudnn.benchmark, b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32 = saved
+        b.cudnn.benchmark, b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32, deterministic = saved
+        torch.use_deterministic_algorithms(deterministic)

@@ -229,3 +229,15 @@ def test_columns_need_the_two_column_network(shapes, tmp_path):
     with pytest.raises(ConfigError, match="batch-per-process"):
         train(TrainConfig(data=str(shapes), out=str(tmp_path / "y"), parallel="columns", batch_per_process=8),
               log=lambda *a: None)
+
+
+def test_deterministic_mode_is_each_runs_own(shapes, tmp_path):
+    """torch's deterministic mode is process-wide: a run without --deterministic after one with it,
+    in the same process, must not inherit it (a run turned it on and left it on before 2026-12-02)."""
+    try:
+        train(tiny(shapes, tmp_path / "a", epochs=1, max_steps=2), log=lambda *a: None)
+        assert torch.are_deterministic_algorithms_enabled()
+        train(tiny(shapes, tmp_path / "b", epochs=1, max_steps=2, deterministic=False), log=lambda *a: None)
+        assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)

@@ -271,8 +271,8 @@ def _devices(cfg: TrainConfig, dist: DistributedContext) -> list[torch.device]:
 
 
 def _backends(cfg: TrainConfig, device: torch.device, devices: list[torch.device], log) -> None:
+    torch.use_deterministic_algorithms(cfg.deterministic)  # either way: a run in the same process set it before
     if cfg.deterministic:
-        torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     elif device.type == "cuda":
