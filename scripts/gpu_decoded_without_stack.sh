@@ -23,9 +23,6 @@ timeout 120 python -m pytest -q -p no:cacheprovider -m gpu tests/test_profile_tr
 stamp "tests: $(tail -1 $OUT/tests.txt)"
 jpeg_store 384000 200
 REP=(--data /tmp/rep --epochs 1 --val-split val --test-crops 1 --eval-batch-size 500 --stall-epochs 0 --batch-size 256 --no-progress)
-for name in old1 new1 old2 new2; do
-  [ $(( $(date +%s) - T0 )) -gt ${STOP_AFTER:-270} ] && { stamp "$name: skipped"; continue; }
-  if [[ $name == old* ]]; then PYTHONPATH=/tmp/nvpkgs:$PWD/.carry/old/src profile_one "$name"; else profile_one "$name"; fi
-done
+profile_in_turn old1 new1 old2 new2
 cat "$OUT/contiguous.txt" "$OUT/tests.txt"
 kernel_table

@@ -5,7 +5,7 @@
 # /tmp/runs/NAME under a time limit, its output appended to $LOG; `photo_tree DEST`, the sample photos as
 # an image-folder tree; `raw_store`, `jpeg_store`: the stores the runs read (`nv_wheels`: the GPU decoders); `run_all`, `with_mps`,
 # `mps_start`, `mps_stop`: runs, with or without NVIDIA's MPS daemon; `watch`: where a run's cores (and the GPU, its JPEG engines) go;
-# `each_run`: runs given as specs; `profile_one`: `alexnet profile` of a run (`kernel_table`: its runs' kernel times); `resident_step`: the step on GPU-resident batches; `sitecustomize`: a module constant patched in the processes of a run.
+# `each_run`: runs given as specs; `profile_one`: `alexnet profile` of a run (`profile_in_turn`: of several, old and new code; `kernel_table`: their kernel times); `resident_step`: the step on GPU-resident batches; `sitecustomize`: a module constant patched in the processes of a run.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -84,6 +84,14 @@ profile_one() {  # NAME OPTIONS...: `alexnet profile` of steps 500-899 of the ru
   timeout 150 python -m alexnet profile --at-step 500 --steps 400 --json-out "$OUT/e2e_$name.json" \
     "${REP[@]}" --out "/tmp/runs/$name" "$@" > "$OUT/e2e_$name.txt" 2>&1
   stamp "$name: exit $?"
+}
+profile_in_turn() {  # NAME...: profile_one each, in turn, unless STOP_AFTER seconds (270) have passed since the
+  # script started; a NAME starting "old" runs the code in .carry/old/src (e.g. `git archive REV src | tar -x -C .carry/old`)
+  local name
+  for name in "$@"; do
+    [ $(( $(date +%s) - T0 )) -gt ${STOP_AFTER:-270} ] && { stamp "$name: skipped"; continue; }
+    if [[ $name == old* ]]; then PYTHONPATH=/tmp/nvpkgs:$PWD/.carry/old/src profile_one "$name"; else profile_one "$name"; fi
+  done
 }
 kernel_table() {  # profile_one's runs in $OUT, in the order they ran: images/s, GPU busy and idle, the kernels'
   # time outside the copies and by kind (ms a step)

@@ -535,6 +535,41 @@ def test_cuda(stores, enc, decode):
                     assert torch.equal(y1, y2) and (x1.float() - x2.float()).abs().mean() < 2
 
 
+def test_device_buffers_must_outnumber_the_prefetched_batches(stores):
+    split = split_of(stores, "raw")
+    with pytest.raises(ValueError, match="device_buffers must be 0 or at least prefetch \\+ 1 = 3"):
+        Feeder(split, 8, workers=1, prefetch=2, device_buffers=2)
+    with Feeder(split, 8, workers=1, device_buffers=3) as feeder:  # on the CPU: nothing to hold
+        assert_same(batches(feeder.epoch(0)), batches(BatchLoader(split, 8, workers=0)))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_device_buffers_hold_each_batch_until_the_consumer_is_done_with_it(stores):
+    """Batches land in 3 fixed device buffers in turn (prefetch 2, the fewest allowed). The consumer
+    is slow on the GPU (a sleep kernel before it reads each batch), so the copies of the batches
+    prefetched behind it would overwrite a buffer it has yet to read if they did not wait for it:
+    what it read is checked against the in-process loader's batches. An epoch left early, then the
+    next one: the same."""
+    split = split_of(stores, "raw")
+    kw = dict(shuffle=True, seed=6, drop_last=False)
+    want = [(x.to(torch.int64).sum((1, 2, 3)), y) for x, y in batches(BatchLoader(split, 8, workers=0, **kw))]
+    with Feeder(split, 8, workers=2, device="cuda", prefetch=2, device_buffers=3, **kw) as feeder:
+        for stop in (3, None, None):
+            got, places = [], set()
+            for i, (x, y) in enumerate(feeder.epoch(0)):
+                if i == stop:
+                    break
+                torch.cuda._sleep(20_000_000)             # ~10 ms of GPU time before the batch is read
+                got.append((x.to(torch.int64).sum((1, 2, 3)), y.clone()))
+                places.add(x.data_ptr())
+            assert len(places) == 3
+            got = [(a.cpu(), b.cpu()) for a, b in got]
+            assert len(got) == (stop or len(want))
+            for (a1, b1), (a2, b2) in zip(got, want):
+                assert torch.equal(a1, a2) and torch.equal(b1, b2)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("decoder", ["torchvision", "nvimgcodec"])

@@ -33,13 +33,14 @@ from alexnet.parallel.accounting import format_run_accounting, run_accounting
 from alexnet.parallel.distributed import DistributedContext
 from alexnet.parallel.placement import auto_reduce, place
 from alexnet.runtime import amp_dtype, apply_memory_cap, git_commit, hardware, resolve_device
-from alexnet.step import make_step
+from alexnet.step import MAX_GRAPHS, make_step
 
 __all__ = ["Run", "setup", "snapshot"]
 
 #: The first steps of a process on a GPU (compilation, autotuning, graph capture, the loader's first
-#: batches) are timed apart and left out of the epoch's rate.
-WARM_STEPS = 6
+#: batches) are timed apart and left out of the epoch's rate: GraphedStep's eager steps (3) and its
+#: captures, one per input buffer (MAX_GRAPHS), and one more.
+WARM_STEPS = 3 + MAX_GRAPHS + 1
 
 
 class Run:
@@ -216,8 +217,11 @@ def _setup(cfg: TrainConfig, log, stop, given, dist: DistributedContext) -> Run:
             generators[f"cuda:{d.index}"] = torch.cuda.default_generators[d.index]
     compile_ = cfg.compile if cfg.compile is not None else device.type == "cuda"
     mean = data.mean.to(device)
+    # One graph per input buffer, each reading its batch in place, on one GPU; under torchrun one graph
+    # with the batch copied in (several graphs holding NCCL collectives not yet run on two GPUs).
+    in_place = MAX_GRAPHS if graphs and not dist.enabled else 0
     step = make_step(placement, optimizer, augment, (mean, data.pca_eigvals.to(device), data.pca_eigvecs.to(device)),
-                     aug_gen, amp, memory_format, compile_, graphs, log)
+                     aug_gen, amp, memory_format, compile_, graphs, log, max_graphs=in_place)
     run = Run(cfg=cfg, log=log, stop=stop, dist=dist, run_dir=run_dir, device=device, data=data,
               train_split=train_split, val_split=val_split, test_split=test_split, val_name=val_name,
               test_name=test_name, classes=classes, class_names=class_names, mean=mean, placement=placement,
@@ -227,7 +231,8 @@ def _setup(cfg: TrainConfig, log, stop, given, dist: DistributedContext) -> Run:
               train_feeder=Feeder(train_split, global_batch, shuffle=True, seed=cfg.seed, drop_last=True,
                                   device=device, rank=shard_rank, world_size=shards,
                                   workers=cfg.loader_workers, decode=cfg.decode, cpu_decoder=cfg.cpu_decoder,
-                                  gpu_workers=cfg.gpu_workers, gpu_decoder=cfg.gpu_decoder),
+                                  gpu_workers=cfg.gpu_workers, gpu_decoder=cfg.gpu_decoder,
+                                  device_buffers=in_place),  # where the graphs read them
               keeper=CheckpointKeeper(run_dir, cfg.keep_checkpoints), epoch=0, batch=0, global_step=0,
               best_error=float("inf"), batches_per_epoch=len(train_split) // global_batch,
               compiled=compile_, graphs=graphs, warm_steps=WARM_STEPS if device.type == "cuda" else 1)

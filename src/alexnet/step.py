@@ -10,7 +10,10 @@ Three ways to run the same computation, chosen when the run starts:
 * compiled (`torch.compile` of the network, or of each column's stages, and of the augmentation);
 * replayed as one CUDA graph (`GraphedStep`): after a few eager steps the whole step, update
   included, is captured once and replayed from then on, so a step costs the host a copy and a
-  launch. The learning rate is baked into the graph, so a drop captures it again. One device, one
+  launch. A graph reads its batch where the batch lies: the Feeder's fixed device buffers
+  (``device_buffers``) each get their own graph (up to ``MAX_GRAPHS``, all in one memory pool, as they
+  never run at once), so no batch is copied into a graph's input; a batch anywhere else is copied into
+  the input of one more graph. The learning rate is baked into the graphs, so a drop captures them again. One device, one
   column per process (the NCCL exchanges inside the graph), and data parallelism with the gradients
   all-reduced by the step (`Placement.reduce_gradients`, the all-reduces inside the graph; with
   `reduce="overlap"` the backward pass runs in two parts, the classifier's then the convolutions',
@@ -24,11 +27,26 @@ from __future__ import annotations
 import warnings
 
 import torch
+import torch.nn.functional as F
 
 from alexnet.data.augment import Augment, apply_params, sample_params
 from alexnet.parallel.placement import Placement
 
-__all__ = ["TrainStep", "GraphedStep", "make_step"]
+__all__ = ["TrainStep", "GraphedStep", "make_step", "head", "MAX_GRAPHS"]
+
+# Graphs each reading its batch in place, one per input buffer: the Feeder's device buffers for
+# training (its prefetch + 2 = 4 by default; run.py asks for this many).
+MAX_GRAPHS = 4
+
+
+def head(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the cross-entropy, the batch's top-1 error rate): what a step computes after the network.
+    Compiled with it, the dozen small kernels they take eagerly (the float copy, log-softmax, the
+    loss, its backward, argmax, compare, mean) become a few fused ones; those small kernels are the
+    ones that run slowest beside the loader's GPU decoders (docs/notes-speed.md)."""
+    loss = F.cross_entropy(logits.float(), labels)
+    misses = (logits.detach().argmax(1) != labels).float().mean()
+    return loss, misses
 
 
 class TrainStep:
@@ -41,6 +59,10 @@ class TrainStep:
         self.mean, self.eigvals, self.eigvecs = stats
         self.amp_dtype, self.memory_format = amp_dtype, memory_format
         self.views = torch.compile(apply_params, dynamic=False) if compile_views else apply_params
+        # One process holding a whole classifier: its loss and error compiled with the network (one
+        # column per process computes its loss across ranks: Placement.loss, eager).
+        plain = placement.kind != "columns-distributed"
+        self.head = torch.compile(head, dynamic=False) if compile_views and plain else None
         device = self.mean.device
         self.loss_sum = torch.zeros((), device=device)
         self.miss_sum = torch.zeros((), device=device)
@@ -64,7 +86,10 @@ class TrainStep:
                 self.placement.finish_gather(gather)
                 cut = features.detach().requires_grad_()
                 logits = parts[1](cut)
-            loss = self.placement.loss(logits, labels)
+            if self.head is not None:
+                loss, misses = self.head(logits, labels.to(logits.device))
+            else:
+                loss, misses = self.placement.loss(logits, labels), None
         loss.backward()
         if parts is None:
             self.placement.reduce_gradients()        # data parallel without DDP's wrapper (else nothing)
@@ -75,6 +100,9 @@ class TrainStep:
         self.optimizer.step()
         self.placement.update_classifier(self.optimizer)   # reduce="shard": this process's share
         loss = loss.detach().float()
+        if misses is not None:                         # both sums in one kernel
+            torch._foreach_add_([self.loss_sum, self.miss_sum], [loss, misses])
+            return loss
         self.loss_sum += loss
         if self.placement.has_logits:
             self.miss_sum += (logits.detach().argmax(1) != labels.to(logits.device)).float().mean()
@@ -89,43 +117,70 @@ class TrainStep:
 
 
 class GraphedStep(TrainStep):
-    """The same step, captured as one CUDA graph after `warmup` eager steps and replayed."""
+    """The same step, captured as CUDA graphs after `warmup` eager steps and replayed: one graph per
+    input buffer seen (up to `max_graphs`), reading the batch in place; past that, one more graph
+    with its own input buffers, the batch copied into them."""
 
-    def __init__(self, *args, warmup: int = 3, log=print, **kwargs):
+    def __init__(self, *args, warmup: int = 3, log=print, max_graphs: int = MAX_GRAPHS, **kwargs):
         super().__init__(*args, **kwargs)
-        self.warmup, self.log = warmup, log
-        self.graph = None
+        self.warmup, self.log, self.max_graphs = warmup, log, int(max_graphs)
+        self.graphs: dict = {}   # input key -> (graph, images, labels); key None: the copying one, its own inputs
+        self.pool = None         # one memory pool for all of them
         self.failed = None
         self._eager_steps = 0
         self._lrs = None
+        self.loss_out = None     # each graph's loss, written where every graph writes it
+
+    @property
+    def graph(self):
+        """A captured graph (None before capture, after a failure or a learning-rate drop)."""
+        return next(iter(self.graphs.values()))[0] if self.graphs else None
 
     def release(self) -> None:
-        """Free the captured graph. Must happen before the NCCL process group is destroyed: a graph
+        """Free the captured graphs. Must happen before the NCCL process group is destroyed: a graph
         holding NCCL collectives makes destroy_process_group hang (pytorch/pytorch#115388)."""
-        if self.graph is not None:
+        if self.graphs:
             torch.cuda.synchronize()
-            self.graph.reset()
-            self.graph = None
+            for graph, *_ in self.graphs.values():
+                graph.reset()
+            self.graphs.clear()
+        self.pool = None
 
     def _current_lrs(self) -> tuple:
         return tuple(g["lr"] for g in self.optimizer.param_groups)
 
-    def _capture(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        self.static_images, self.static_labels = images.clone(), labels.clone()
+    @staticmethod
+    def _key(images: torch.Tensor, labels: torch.Tensor) -> tuple:
+        return (images.data_ptr(), tuple(images.shape), images.stride(), images.dtype,
+                labels.data_ptr(), tuple(labels.shape), labels.stride(), labels.dtype)
+
+    def _capture(self, images: torch.Tensor, labels: torch.Tensor, key) -> None:
+        """Capture a graph reading `images` and `labels` where they lie (key None: copies of them)."""
+        if key is None:
+            images, labels = images.clone(), labels.clone()
+        if self.loss_out is None:
+            self.loss_out = torch.zeros((), device=self.mean.device)
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         graph.register_generator_state(self.generator)
         self.optimizer.zero_grad(set_to_none=True)            # the graph allocates the gradients
         torch.cuda.synchronize()
-        # thread_local: the loader's threads may use CUDA while this thread captures
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            self.static_loss = self._compute(self.static_images, self.static_labels)
-        self.graph, self._lrs = graph, self._current_lrs()
+        # thread_local: the loader's threads may use CUDA while this thread captures. The graphs share
+        # one pool: they run one after another on one stream, and what outlives a replay (the loss,
+        # the sums, the weights and their momenta) lies outside it.
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
+            self.loss_out.copy_(self._compute(images, labels))
+        # In place: the batch is not kept, so that its memory can take later batches, which the graph
+        # then reads (it is replayed only for a batch at the very address, shape and strides it read).
+        self.graphs[key] = (graph, images, labels) if key is None else (graph, None, None)
+        self._lrs = self._current_lrs()
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self.failed is None and self.graph is not None and self._current_lrs() != self._lrs:
-            self.graph = None                                 # a learning-rate drop: capture again
+        if self.failed is None and self.graphs and self._current_lrs() != self._lrs:
+            self.release()                                    # a learning-rate drop: capture again
             self._eager_steps = self.warmup - 1
-        if self.failed is not None or self.graph is None and self._eager_steps < self.warmup:
+        if self.failed is not None or not self.graphs and self._eager_steps < self.warmup:
             if self.failed is None:                           # warm-up before a capture: on a side stream
                 side, current = torch.cuda.Stream(), torch.cuda.current_stream()
                 side.wait_stream(current)
@@ -136,28 +191,34 @@ class GraphedStep(TrainStep):
                 loss = super().__call__(images, labels)
             self._eager_steps += 1
             return loss
-        if self.graph is None:
-            try:
-                # The sums are kept outside while capturing (capture records, it does not run).
-                loss_sum, miss_sum = self.loss_sum.clone(), self.miss_sum.clone()
-                self._capture(images, labels)
-                self.loss_sum.copy_(loss_sum)
-                self.miss_sum.copy_(miss_sum)
-            except Exception as e:  # noqa: BLE001 - any capture failure: carry on eagerly, say why
-                self.failed = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                self.graph = None
-                self.log(f"CUDA graph capture failed ({self.failed}); continuing without graphs")
-                torch.cuda.synchronize()
-                self.optimizer.zero_grad(set_to_none=True)
-                return super().__call__(images, labels)
-        self.static_images.copy_(images, non_blocking=True)
-        self.static_labels.copy_(labels, non_blocking=True)
-        self.graph.replay()
-        return self.static_loss
+        key = self._key(images, labels)
+        if key not in self.graphs:
+            if len(self.graphs) - (None in self.graphs) >= self.max_graphs:
+                key = None                                    # the copying graph
+            if key not in self.graphs:
+                try:
+                    # The sums are kept outside while capturing (capture records, it does not run).
+                    loss_sum, miss_sum = self.loss_sum.clone(), self.miss_sum.clone()
+                    self._capture(images, labels, key)
+                    self.loss_sum.copy_(loss_sum)
+                    self.miss_sum.copy_(miss_sum)
+                except Exception as e:  # noqa: BLE001 - any capture failure: carry on eagerly, say why
+                    self.failed = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                    self.release()
+                    self.log(f"CUDA graph capture failed ({self.failed}); continuing without graphs")
+                    torch.cuda.synchronize()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    return super().__call__(images, labels)
+        graph, static_images, static_labels = self.graphs[key]
+        if key is None:
+            static_images.copy_(images, non_blocking=True)
+            static_labels.copy_(labels, non_blocking=True)
+        graph.replay()
+        return self.loss_out
 
 
 def make_step(placement: Placement, optimizer, augment: Augment, stats, generator, amp_dtype, memory_format,
-              compile: bool, graphs: bool, log=print) -> TrainStep:
+              compile: bool, graphs: bool, log=print, max_graphs: int = MAX_GRAPHS) -> TrainStep:
     """The step a run uses: compiled and/or replayed as a CUDA graph, as asked."""
     if compile:
         # Inductor advises TF32 for float32 matmuls at every compile. The run's precision is chosen
@@ -166,6 +227,6 @@ def make_step(placement: Placement, optimizer, augment: Augment, stats, generato
                                 category=UserWarning)
         placement.compile()
     kind = GraphedStep if graphs else TrainStep
-    extra = {"log": log} if graphs else {}
+    extra = {"log": log, "max_graphs": max_graphs} if graphs else {}
     return kind(placement, optimizer, augment, stats, generator, amp_dtype, memory_format,
                 compile_views=compile, **extra)

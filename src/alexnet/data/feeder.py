@@ -12,6 +12,8 @@ a free slot of the ring (:mod:`alexnet.data.ring`); the training process, which 
 (a few small messages per batch), copies a filled slot to the GPU with one asynchronous copy on a
 side stream, ``prefetch`` batches ahead, and gives the slot back once that copy has finished.
 The consumer's stream waits on the copy's event (and ``record_stream`` keeps the memory alive).
+With ``device_buffers=N`` the copies land in N fixed device buffers instead, taken in turn
+(:mod:`alexnet.data.device_copies`: for CUDA graphs; a batch is valid until N - 1 more are taken).
 
 ``decode="cpu"`` (the default): the workers decode JPEGs with libjpeg-turbo; raw stores are
 copied. ``decode="cuda"``: ``gpu_workers`` GPU workers decode every batch on the training GPU
@@ -34,10 +36,11 @@ from collections import deque
 import numpy as np
 import torch
 
-from alexnet import runtime
 from alexnet.data.decode import store_jpeg_decoder
+from alexnet.data.device_copies import DeviceCopies
+from alexnet.data.feeder_worker import source_of
 from alexnet.data.gpu_decode import GPU_DECODERS, default_gpu_workers, resolve_decode, resolve_gpu_decoder
-from alexnet.data.handoff import on_current_stream, through_staging
+from alexnet.data.handoff import on_current_stream
 from alexnet.data.inprocess import InProcessLoader
 from alexnet.data.order import epoch_shards, num_batches
 from alexnet.data.ring import Ring, SlotLayout
@@ -72,12 +75,14 @@ class Feeder:
     runs, else 1; 0 for ``"cpu"``) GPU worker processes with ``gpu_decoder``; ``cpu_decoder``: the CPU workers'
     JPEG decoder (:func:`alexnet.data.decode.store_jpeg_decoder`). ``gpu_ahead``: ring slots per GPU
     worker for the batches it finishes before an earlier one is ready (see GPU_AHEAD; 0: none).
+    ``device_buffers``: on CUDA, fixed device buffers the batches land in, in turn (0, the default:
+    fresh memory from the caching allocator; else at least ``prefetch + 1``).
     """
 
     def __init__(self, split, batch_size: int, *, shuffle: bool = False, seed: int = 0, drop_last: bool = False,
                  device="cpu", rank: int = 0, world_size: int = 1, workers: int | None = None, prefetch: int = 2,
                  decode: str = "cpu", gpu_workers: int | None = None, gpu_decoder: str = "auto",
-                 cpu_decoder: str = "auto", gpu_ahead: int = GPU_AHEAD):
+                 cpu_decoder: str = "auto", gpu_ahead: int = GPU_AHEAD, device_buffers: int = 0):
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
         if decode not in DECODES:
@@ -104,6 +109,10 @@ class Feeder:
         self.shuffle, self.seed, self.drop_last = bool(shuffle), int(seed), bool(drop_last)
         self.rank, self.world_size = int(rank), int(world_size)
         self.decode, self.prefetch = decode, max(1, int(prefetch))
+        if device_buffers and device_buffers < self.prefetch + 1:
+            raise ValueError(f"device_buffers must be 0 or at least prefetch + 1 = {self.prefetch + 1}, "
+                             f"got {device_buffers}")
+        self.device_buffers = int(device_buffers)
         self.n = len(split)
         self.batches_per_epoch = num_batches(self.n, self.batch_size, self.drop_last)
         if type(split).__name__ != "PreparedSplit":
@@ -124,20 +133,8 @@ class Feeder:
         self._finalizer = weakref.finalize(self, _shutdown, self._pool, self._ring, self._releasing)
 
     # -- set-up
-    def _source(self) -> tuple[dict, int]:
-        """What the workers read, and the JPEG bytes a slot must hold (GPU decoding)."""
-        from alexnet.data import format as F
-
-        source = {"kind": "raw", "path": str(self.split.path), "size": self.split.size}
-        if self.split.encoding == "raw":
-            return source, 0
-        source.update(kind="jpeg", offsets=str(self.split.data.path / F.offsets_file(self.split.name)),
-                      cpu_decoder=self.cpu_decoder)
-        off = self.split.offsets()
-        return source, int(np.diff(off).max()) if len(off) > 1 else 0
-
     def _start(self, local_batch: int) -> None:
-        source, longest = self._source()
+        source, longest = source_of(self.split, self.cpu_decoder)
         layout = SlotLayout(max(1, local_batch), self.split.size, pixels=True,
                             blob=max(1, local_batch) * longest if self.gpu_workers else 0)
         self._depth = [DEPTH] * self.workers + [GPU_DEPTH] * self.gpu_workers
@@ -151,13 +148,10 @@ class Feeder:
         self._filled_at_epoch = list(self.filled)
         self._waits = Waits()  # how long the training process waited for batches, and why
         self._cuda = self.device.type == "cuda"
-        self._stream = torch.cuda.Stream(self.device) if self._cuda else None
-        self._staging: deque = deque()
-        if self._cuda and not self._ring.register_cuda():
-            # The driver refused to page-lock the ring: each slot goes through pinned staging buffers.
-            self._staging.extend(
-                [None, torch.empty((local_batch, self.split.size, self.split.size, 3), dtype=torch.uint8,
-                                   pin_memory=True)] for _ in range(self.prefetch + 2))
+        # Where the driver refuses to page-lock the ring, each slot goes through pinned staging buffers.
+        staging = self.prefetch + 2 if self._cuda and not self._ring.register_cuda() else 0
+        self._copies = (DeviceCopies(self.device, local_batch, self.split.size, staging, self.device_buffers)
+                        if self._cuda else None)
         device = self.device
         if self._cuda and device.index is None:  # the GPU workers decode on this process's GPU
             device = torch.device("cuda", torch.cuda.current_device())
@@ -238,6 +232,8 @@ class Feeder:
             raise self._broken
         self._pool.wait_ready()
         self._gen += 1
+        if self._copies is not None:
+            self._copies.released(every=True)  # delivered by an epoch that was not finished
         self._free.extend(self._ready.values())  # left by an epoch that was not finished
         self._ready.clear()
         self._waits.clear()
@@ -312,17 +308,8 @@ class Feeder:
             if self.device.type != "cpu":
                 x, y = x.to(self.device), y.to(self.device)
             return x.permute(0, 3, 1, 2), y, None
-        with torch.cuda.stream(self._stream):
-            if self._staging:
-                x, y = through_staging(self._staging, x, y, self.device)
-            else:
-                x = x.to(self.device, non_blocking=True)
-                y = y.to(self.device, non_blocking=True)
-            ev = torch.cuda.Event(blocking=runtime.BLOCKING_WAITS)  # waited on when every slot is in use
-            ev.record(self._stream)
-        self._releasing.append((None if self._staging else ev, slot))
-        if self._staging:
-            self._staging[-1][0] = ev
+        x, y, ev, slot_free_after = self._copies.send(x, y)
+        self._releasing.append((slot_free_after, slot))
         return x.permute(0, 3, 1, 2), y, ev
 
     def _empty(self):
@@ -339,7 +326,11 @@ class Feeder:
 
         def deliver(b: int, slot: int | None):
             n = len(shards[b])
-            return self._deliver(b, slot, n) if n else self._empty()
+            if n:
+                return self._deliver(b, slot, n)
+            if self._copies is not None:
+                self._copies.skip()
+            return self._empty()
 
         for k in range(len(shards)):
             if nxt == k:
@@ -378,8 +369,12 @@ class EpochBatches:
         try:
             for x, y, ev in items:
                 yield on_current_stream(x, y, ev, f.device)
+                if f._copies is not None:
+                    f._copies.released()
         finally:
             items.close()
+            if f._copies is not None and not f.closed:
+                f._copies.released(every=True)
 
 
 def _nothing() -> None:

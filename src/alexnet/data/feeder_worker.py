@@ -25,7 +25,20 @@ from alexnet.data.procs import worker_setup
 from alexnet.data.ring import Ring, RingHandle
 from alexnet.errors import DataError
 
-__all__ = ["main", "reader"]
+__all__ = ["main", "reader", "source_of"]
+
+
+def source_of(split, cpu_decoder: str) -> tuple[dict, int]:
+    """What the workers read of a prepared split (the source dict :func:`reader` takes), and the JPEG
+    bytes a slot must hold for one image (GPU decoding; 0 for a raw store)."""
+    from alexnet.data import format as F
+
+    source = {"kind": "raw", "path": str(split.path), "size": split.size}
+    if split.encoding == "raw":
+        return source, 0
+    source.update(kind="jpeg", offsets=str(split.data.path / F.offsets_file(split.name)), cpu_decoder=cpu_decoder)
+    off = split.offsets()
+    return source, int(np.diff(off).max()) if len(off) > 1 else 0
 
 
 def _pread_into(fd: int, view: memoryview, offset: int, path: str, row: int) -> None:
