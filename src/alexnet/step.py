@@ -8,12 +8,12 @@ misses to on-device sums, so the training loop never waits for the GPU between s
 Three ways to run the same computation, chosen when the run starts:
 * eager;
 * compiled (`torch.compile` of the network, or of each column's stages, and of the augmentation);
-* replayed as one CUDA graph (`GraphedStep`): after a few eager steps the whole step, update
-  included, is captured once and replayed from then on, so a step costs the host a copy and a
-  launch. A graph reads its batch where the batch lies: the Feeder's fixed device buffers
-  (``device_buffers``) each get their own graph (up to ``MAX_GRAPHS``, all in one memory pool, as they
-  never run at once), so no batch is copied into a graph's input; a batch anywhere else is copied into
-  the input of one more graph. The learning rate is baked into the graphs, so a drop captures them again. One device, one
+* replayed as CUDA graphs (`GraphedStep`): after a few eager steps the whole step, update included,
+  is captured and replayed from then on, so a step costs the host a launch. A graph reads its batch
+  where the batch lies: each input buffer seen (the Feeder's fixed device buffers, ``device_buffers``)
+  gets its own graph, up to ``max_graphs``, all in one memory pool as they never run at once; a batch
+  anywhere else is copied into the input of one more graph (``max_graphs=0``: always, as under
+  torchrun). The learning rate is baked into the graphs, so a drop captures them again. One device, one
   column per process (the NCCL exchanges inside the graph), and data parallelism with the gradients
   all-reduced by the step (`Placement.reduce_gradients`, the all-reduces inside the graph; with
   `reduce="overlap"` the backward pass runs in two parts, the classifier's then the convolutions',

@@ -4,11 +4,11 @@ buffers where the driver would not page-lock the ring; and, where asked, into fi
 
 :class:`DeviceBuffers`: fixed device buffers that batches land in, taken in turn, so that a consumer
 replaying CUDA graphs can capture one graph per buffer and read each batch where it lies
-(:class:`alexnet.step.GraphedStep`: no copy into a graph's own input). A buffer is written again only after the consumer's stream is done with the batch it held: when the
-consumer asks for the next batch it has queued all its use of the last one, and an event recorded then
-on its stream is what the next copy into that buffer waits for. With N buffers and batches copied up to
-``prefetch`` ahead, a batch stays valid until the consumer has taken N - 1 more (N > prefetch): use
-each batch before taking the next.
+(:class:`alexnet.step.GraphedStep`: no copy into a graph's own input). A buffer is written again only
+after the consumer's stream is done with the batch it held: when the consumer asks for the next batch it
+has queued all its use of the last one, and an event recorded then on its stream is what the next copy
+into that buffer waits for. So a batch is the consumer's until it asks for the next one: work it queues
+on a batch after that (or a batch kept and read later) may see a later batch (N buffers, N > prefetch).
 """
 
 from __future__ import annotations
@@ -74,8 +74,8 @@ class DeviceBuffers:
         self._unreleased: deque = deque()  # delivered and not yet released, in order (None: an empty batch)
 
     def put(self, x: torch.Tensor, y: torch.Tensor, stream: torch.cuda.Stream) -> tuple[torch.Tensor, torch.Tensor]:
-        """Copy host batch (x, y) into the next buffer on ``stream`` (the current one), once the consumer is done with the
-        buffer's last batch; the buffer's (images, labels) views."""
+        """Copy host batch (x, y) into the next buffer on ``stream`` (the current one) once the consumer
+        is done with the buffer's last batch; the buffer's (images, labels) views."""
         self._bufs.rotate(-1)
         buf = self._bufs[-1]
         if buf[0] is not None:

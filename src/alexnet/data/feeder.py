@@ -13,7 +13,7 @@ a free slot of the ring (:mod:`alexnet.data.ring`); the training process, which 
 side stream, ``prefetch`` batches ahead, and gives the slot back once that copy has finished.
 The consumer's stream waits on the copy's event (and ``record_stream`` keeps the memory alive).
 With ``device_buffers=N`` the copies land in N fixed device buffers instead, taken in turn
-(:mod:`alexnet.data.device_copies`: for CUDA graphs; a batch is valid until N - 1 more are taken).
+(:mod:`alexnet.data.device_copies`: for CUDA graphs; a batch is valid until the next is taken).
 
 ``decode="cpu"`` (the default): the workers decode JPEGs with libjpeg-turbo; raw stores are
 copied. ``decode="cuda"``: ``gpu_workers`` GPU workers decode every batch on the training GPU
@@ -76,7 +76,8 @@ class Feeder:
     JPEG decoder (:func:`alexnet.data.decode.store_jpeg_decoder`). ``gpu_ahead``: ring slots per GPU
     worker for the batches it finishes before an earlier one is ready (see GPU_AHEAD; 0: none).
     ``device_buffers``: on CUDA, fixed device buffers the batches land in, in turn (0, the default:
-    fresh memory from the caching allocator; else at least ``prefetch + 1``).
+    fresh memory from the caching allocator; else at least ``prefetch + 1``; a batch is then valid
+    only until the next one is taken).
     """
 
     def __init__(self, split, batch_size: int, *, shuffle: bool = False, seed: int = 0, drop_last: bool = False,
