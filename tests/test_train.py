@@ -13,19 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import tiny
+
 from alexnet.checkpoint import load_checkpoint
 from alexnet.errors import TrainingDiverged
 from alexnet.train import TrainConfig, train
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-
-
-def tiny(shapes, out, **kw) -> TrainConfig:
-    base = dict(data=str(shapes), out=str(out), arch="cifar-fig1", epochs=2, batch_size=32, lr=0.01,
-                schedule="step", milestones=[1], progress=False, deterministic=True, test_crops=(1,),
-                eval_batch_size=64)
-    base.update(kw)
-    return TrainConfig(**base)
 
 
 def test_a_short_run_writes_config_metrics_and_checkpoints(shapes, tmp_path):

@@ -131,11 +131,6 @@ class GraphedStep(TrainStep):
         self._lrs = None
         self.loss_out = None     # each graph's loss, written where every graph writes it
 
-    @property
-    def graph(self):
-        """A captured graph (None before capture, after a failure or a learning-rate drop)."""
-        return next(iter(self.graphs.values()))[0] if self.graphs else None
-
     def release(self) -> None:
         """Free the captured graphs. Must happen before the NCCL process group is destroyed: a graph
         holding NCCL collectives makes destroy_process_group hang (pytorch/pytorch#115388)."""
