@@ -540,6 +540,7 @@ def test_device_buffers_must_outnumber_the_prefetched_batches(stores):
     with pytest.raises(ValueError, match="device_buffers must be 0 or at least prefetch \\+ 1 = 3"):
         Feeder(split, 8, workers=1, prefetch=2, device_buffers=2)
     with Feeder(split, 8, workers=1, device_buffers=3) as feeder:  # on the CPU: nothing to hold
+        assert feeder.device_buffers == 0
         assert_same(batches(feeder.epoch(0)), batches(BatchLoader(split, 8, workers=0)))
 
 
@@ -555,6 +556,7 @@ def test_device_buffers_hold_each_batch_until_the_consumer_is_done_with_it(store
     kw = dict(shuffle=True, seed=6, drop_last=False)
     want = [(x.to(torch.int64).sum((1, 2, 3)), y) for x, y in batches(BatchLoader(split, 8, workers=0, **kw))]
     with Feeder(split, 8, workers=2, device="cuda", prefetch=2, device_buffers=3, **kw) as feeder:
+        assert feeder.device_buffers == 3
         for stop in (3, None, None):
             got, places = [], set()
             for i, (x, y) in enumerate(feeder.epoch(0)):

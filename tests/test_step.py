@@ -128,9 +128,11 @@ def test_a_graphed_run_on_one_gpu_reads_each_batch_where_the_feeder_put_it(shape
 
     cfg = tiny(shapes, tmp_path / "run", device="cuda", compile=False, loader_workers=2, epochs=1,
                deterministic=False)
-    run = setup(cfg, log=lambda *a: None, stop=SimpleNamespace(signal=None))
+    said = []
+    run = setup(cfg, log=said.append, stop=SimpleNamespace(signal=None))
     try:
         assert run.train_feeder.device_buffers == MAX_GRAPHS
+        assert f"loader: batches copied into {MAX_GRAPHS} GPU buffers in turn" in "\n".join(said)
         fit(run)
         assert run.step.failed is None and len(run.step.graphs) == MAX_GRAPHS and None not in run.step.graphs
     finally:

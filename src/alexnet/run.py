@@ -378,6 +378,9 @@ def _describe(run: Run, lr: float, log) -> None:
         f", {'bf16 autocast' if run.amp else 'fp32'}, {speed}, batch {run.global_batch} (per process "
         f"{run.local_batch}), lr {lr:g}, {cfg.epochs} epochs -> {run.run_dir}")
     log(f"loader: {run.train_feeder.describe()}")
+    if run.train_feeder.device_buffers:
+        log(f"loader: batches copied into {run.train_feeder.device_buffers} GPU buffers in turn; the step has "
+            "a CUDA graph for each, reading its batch in place")
     if run.train_feeder.gpu_workers and not mps_running():  # GPU workers run on CUDA only
         log("loader: the GPU time-slices the GPU workers' kernels with training's (separate processes); "
             f"with NVIDIA MPS running ({START_MPS}) they run side by side, and {GPU_WORKERS_WITH_MPS} GPU "

@@ -113,7 +113,7 @@ class Feeder:
         if device_buffers and device_buffers < self.prefetch + 1:
             raise ValueError(f"device_buffers must be 0 or at least prefetch + 1 = {self.prefetch + 1}, "
                              f"got {device_buffers}")
-        self.device_buffers = int(device_buffers)
+        self.device_buffers = int(device_buffers)  # those in use, once set up (none in-process, on the CPU)
         self.n = len(split)
         self.batches_per_epoch = num_batches(self.n, self.batch_size, self.drop_last)
         if type(split).__name__ != "PreparedSplit":
@@ -128,6 +128,7 @@ class Feeder:
         self._broken: DataError | None = None
         self._all = self.workers + self.gpu_workers  # CPU workers first, then GPU workers
         if self._all == 0:  # the in-process loader, one BatchLoader per epoch
+            self.device_buffers = 0
             self._finalizer = weakref.finalize(self, _nothing)
             return
         self._start(-(-self.batch_size // self.world_size))
@@ -153,6 +154,8 @@ class Feeder:
         staging = self.prefetch + 2 if self._cuda and not self._ring.register_cuda() else 0
         self._copies = (DeviceCopies(self.device, local_batch, self.split.size, staging, self.device_buffers)
                         if self._cuda else None)
+        if self._copies is None or self._copies.buffers is None:
+            self.device_buffers = 0
         device = self.device
         if self._cuda and device.index is None:  # the GPU workers decode on this process's GPU
             device = torch.device("cuda", torch.cuda.current_device())
