@@ -33,14 +33,14 @@ from alexnet.parallel.accounting import format_run_accounting, run_accounting
 from alexnet.parallel.distributed import DistributedContext
 from alexnet.parallel.placement import auto_reduce, place
 from alexnet.runtime import amp_dtype, apply_memory_cap, git_commit, hardware, resolve_device
-from alexnet.step import MAX_GRAPHS, make_step
+from alexnet.step import EAGER_STEPS, MAX_GRAPHS, make_step
 
 __all__ = ["Run", "setup", "snapshot"]
 
 #: The first steps of a process on a GPU (compilation, autotuning, graph capture, the loader's first
-#: batches) are timed apart and left out of the epoch's rate: GraphedStep's eager steps (3) and its
+#: batches) are timed apart and left out of the epoch's rate: GraphedStep's eager steps and its
 #: captures, one per input buffer (MAX_GRAPHS), and one more.
-WARM_STEPS = 3 + MAX_GRAPHS + 1
+WARM_STEPS = EAGER_STEPS + MAX_GRAPHS + 1
 
 
 class Run:

@@ -32,11 +32,18 @@ import torch.nn.functional as F
 from alexnet.data.augment import Augment, apply_params, sample_params
 from alexnet.parallel.placement import Placement
 
-__all__ = ["TrainStep", "GraphedStep", "make_step", "head", "MAX_GRAPHS"]
+__all__ = ["TrainStep", "GraphedStep", "make_step", "head", "top1_error", "MAX_GRAPHS", "EAGER_STEPS"]
 
-# Graphs each reading its batch in place, one per input buffer: the Feeder's device buffers for
-# training (its prefetch + 2 = 4 by default; run.py asks for this many).
+# Graphs each reading its batch in place, one per input buffer (run.py gives the training Feeder this
+# many device buffers).
 MAX_GRAPHS = 4
+# Eager steps before a GraphedStep captures (compilation and cuDNN's autotuning run in them).
+EAGER_STEPS = 3
+
+
+def top1_error(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The share of the batch whose highest logit is not its label (no gradient)."""
+    return (logits.detach().argmax(1) != labels).float().mean()
 
 
 def head(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,9 +51,7 @@ def head(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torc
     Compiled with it, the dozen small kernels they take eagerly (the float copy, log-softmax, the
     loss, its backward, argmax, compare, mean) become a few fused ones; those small kernels are the
     ones that run slowest beside the loader's GPU decoders (docs/notes-speed.md)."""
-    loss = F.cross_entropy(logits.float(), labels)
-    misses = (logits.detach().argmax(1) != labels).float().mean()
-    return loss, misses
+    return F.cross_entropy(logits.float(), labels), top1_error(logits, labels)
 
 
 class TrainStep:
@@ -89,7 +94,8 @@ class TrainStep:
             if self.head is not None:
                 loss, misses = self.head(logits, labels.to(logits.device))
             else:
-                loss, misses = self.placement.loss(logits, labels), None
+                loss = self.placement.loss(logits, labels)
+                misses = top1_error(logits, labels.to(logits.device)) if self.placement.has_logits else None
         loss.backward()
         if parts is None:
             self.placement.reduce_gradients()        # data parallel without DDP's wrapper (else nothing)
@@ -100,12 +106,10 @@ class TrainStep:
         self.optimizer.step()
         self.placement.update_classifier(self.optimizer)   # reduce="shard": this process's share
         loss = loss.detach().float()
-        if misses is not None:                         # both sums in one kernel
+        if misses is None:                             # one column per process, rank 1: no classifier's end
+            self.loss_sum += loss
+        else:                                          # both sums in one kernel
             torch._foreach_add_([self.loss_sum, self.miss_sum], [loss, misses])
-            return loss
-        self.loss_sum += loss
-        if self.placement.has_logits:
-            self.miss_sum += (logits.detach().argmax(1) != labels.to(logits.device)).float().mean()
         return loss
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -121,7 +125,7 @@ class GraphedStep(TrainStep):
     input buffer seen (up to `max_graphs`), reading the batch in place; past that, one more graph
     with its own input buffers, the batch copied into them."""
 
-    def __init__(self, *args, warmup: int = 3, log=print, max_graphs: int = MAX_GRAPHS, **kwargs):
+    def __init__(self, *args, warmup: int = EAGER_STEPS, log=print, max_graphs: int = MAX_GRAPHS, **kwargs):
         super().__init__(*args, **kwargs)
         self.warmup, self.log, self.max_graphs = warmup, log, int(max_graphs)
         self.graphs: dict = {}   # input key -> (graph, images, labels); key None: the copying one, its own inputs
