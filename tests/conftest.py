@@ -152,7 +152,7 @@ class StopAfter:
 
 
 # ============================================================================ GPU numerics fixtures
-# (tests/test_fast_layers.py)
+# (tests/test_fast_layers.py, tests/test_columns_gpu.py)
 
 
 @pytest.fixture

@@ -85,25 +85,20 @@ def _forms(devices):
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("devices", [pytest.param(("cuda:0", "cuda:1"), marks=needs_two, id="two-gpus"),
                                      pytest.param(("cuda:0", "cuda:0"), id="two-streams")])
-def test_both_columns_in_one_process_equal_the_grouped_network(devices, precision):
+def test_both_columns_in_one_process_equal_the_grouped_network(devices, precision, plain_fp32_cuda):
     grouped, reference, two = _forms(devices)
     rows, amp = [], precision == "bf16"
-    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        for call in range(3):                       # repeated calls, fresh inputs each time
-            x = torch.randn(16, 3, 224, 224, device="cuda", generator=torch.Generator("cuda").manual_seed(call)) * 50
-            y = torch.randint(0, 100, (16,), device="cuda")
-            for m in (grouped, reference, two):
-                m.zero_grad(set_to_none=True)
-            lg, lt = _step(grouped, x, y, amp), _step(two, x, y, amp)
-            lr_ = _step(reference, x.double(), y, False)
-            torch.cuda.synchronize()
-            _compare(f"call {call}", {"logits": lt}, {"logits": lg}, {"logits": lr_}, precision, rows)
-            merged = merge_state_dicts(_grads(two.columns[0]), _grads(two.columns[1]))
-            _compare(f"call {call}", merged, _grads(grouped), _grads(reference), precision, rows)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    for call in range(3):                       # repeated calls, fresh inputs each time
+        x = torch.randn(16, 3, 224, 224, device="cuda", generator=torch.Generator("cuda").manual_seed(call)) * 50
+        y = torch.randint(0, 100, (16,), device="cuda")
+        for m in (grouped, reference, two):
+            m.zero_grad(set_to_none=True)
+        lg, lt = _step(grouped, x, y, amp), _step(two, x, y, amp)
+        lr_ = _step(reference, x.double(), y, False)
+        torch.cuda.synchronize()
+        _compare(f"call {call}", {"logits": lt}, {"logits": lg}, {"logits": lr_}, precision, rows)
+        merged = merge_state_dicts(_grads(two.columns[0]), _grads(two.columns[1]))
+        _compare(f"call {call}", merged, _grads(grouped), _grads(reference), precision, rows)
     worst = max(rows, key=lambda r: r[3] / max(r[5], 1e-30))
     print(f"\n{devices} {precision}: worst column/grouped error ratio {worst[3] / max(worst[5], 1e-30):.2f} at "
           f"{worst[2]} (columns {worst[3]:.2e}, grouped {worst[5]:.2e}, max rel {worst[4]:.2e})")
@@ -113,6 +108,7 @@ def _nccl_worker(rank: int, store: str, precision: str) -> None:
     import torch.distributed as td
 
     torch.cuda.set_device(rank)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False   # float32 as written
     td.init_process_group("nccl", init_method=f"file://{store}", rank=rank, world_size=2)
     try:
         grouped, reference = _pair()
@@ -145,7 +141,6 @@ def test_one_column_per_process_over_nccl_equals_the_grouped_network(tmp_path, p
     from conftest import spawn_processes
 
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     spawn_processes(_nccl_worker, (os.fspath(tmp_path / "store"), precision), timeout_s=300)
 
 
@@ -182,6 +177,7 @@ def _nccl_train_worker(rank: int, store: str, out: str) -> None:
     import torch.distributed as td
 
     torch.cuda.set_device(rank)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False   # float32 as written
     td.init_process_group("nccl", init_method=f"file://{store}", rank=rank, world_size=2)
     try:
         model = DistributedColumnAlexNet(AlexNet2012Config(num_classes=100)).to(f"cuda:{rank}").train()
