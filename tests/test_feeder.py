@@ -211,6 +211,22 @@ def test_waits_split_by_what_held_the_batch():
     assert not w._given and not w._since
 
 
+def test_a_data_bound_epoch_is_explained_with_what_would_feed_it_faster():
+    from alexnet.data.waits import BOUND_SHARE, data_bound_hint
+
+    w = lambda ring=0.0, cpu=0.0, gpu=0.0: {"ring full": ring, "CPU workers": cpu, "GPU workers": gpu}  # noqa: E731
+    assert data_bound_hint(w(cpu=BOUND_SHARE * 10), 10.0, 11, 3, True) is None  # at the share: not data-bound
+    assert data_bound_hint(w(), 0.0, 11, 3, True) is None
+    text = data_bound_hint(w(cpu=1.5, gpu=0.5), 10.0, 11, 3, True)
+    assert text.startswith("data-bound: this epoch waited 2.0 s of its 10.0 s (20%) for batches, most for the "
+                           "CPU workers: the CPU workers (11) decode JPEGs")
+    assert "--gpu-workers" in text and "--encoding raw" in text
+    assert "--decode mixed" in data_bound_hint(w(cpu=1.0), 10.0, 14, 0, True)   # no GPU workers yet
+    assert "page cache" in data_bound_hint(w(cpu=1.0), 10.0, 4, 0, False)      # a raw store
+    assert "GPU workers (3) decode" in data_bound_hint(w(cpu=0.2, gpu=0.9), 10.0, 11, 3, True)
+    assert "ring was taken" in data_bound_hint(w(ring=0.7, cpu=0.1), 10.0, 11, 3, True)
+
+
 def test_a_gpu_worker_keeps_its_batches_in_flight(stores, monkeypatch):
     """A GPU worker submits each batch it is given without waiting for the earlier ones to be
     decoded, and answers each only once its pixels are in, oldest first (the worker's loop run in a

@@ -42,13 +42,19 @@ def test_a_short_run_writes_config_metrics_and_checkpoints(shapes, tmp_path):
     assert 0.0 <= result["test_1crop"]["top1_error"] <= 1.0 and result["test_1crop"]["images"] == 80
 
 
-def test_with_loader_workers_each_epoch_says_how_long_it_waited_for_batches(shapes, tmp_path):
+def test_with_loader_workers_each_epoch_says_how_long_it_waited_for_batches(shapes, tmp_path, monkeypatch):
     """Loader worker processes (the GPU's default): metrics.jsonl gives each epoch's waits for batches by
-    cause, and the epoch line says so when they add up to 0.05 s or more."""
+    cause, and the epoch line says so when they add up to 0.05 s or more. A data-bound second epoch gets
+    one line more saying what held the batches (every epoch counts as data-bound here)."""
+    import alexnet.data.waits as waits
     from alexnet.train import _waited_text
 
+    monkeypatch.setattr(waits, "BOUND_SHARE", -1.0)
     messages = []
     train(tiny(shapes, tmp_path / "run", loader_workers=1), log=messages.append)
+    texts = [str(x) for x in messages]
+    hints = [i for i, t in enumerate(texts) if t.startswith("data-bound: ")]
+    assert len(hints) == 1 and texts[hints[0] - 1].startswith("epoch 2: ")   # once, after the first steady epoch
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     for m in lines:
         waited = m["data_wait_seconds"]

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import time
 
-__all__ = ["Waits", "KINDS"]
+__all__ = ["Waits", "KINDS", "BOUND_SHARE", "data_bound_hint"]
 
 KINDS = ("ring full", "CPU workers", "GPU workers")
+BOUND_SHARE = 0.05  # an epoch that waited longer than this share of its time for batches was set by the data
 
 
 class Waits:
@@ -62,3 +63,29 @@ class Waits:
 
     def seconds(self) -> dict[str, float]:
         return {k: self.total[k] - self._mark[k] for k in KINDS}
+
+
+def data_bound_hint(waited: dict[str, float], seconds: float, workers: int, gpu_workers: int, jpeg: bool) -> str | None:
+    """A line for the run's log when an epoch of ``seconds`` waited more than :data:`BOUND_SHARE` of its time
+    for batches (``waited``: the Feeder's totals by :data:`KINDS`): what held the batches most and what
+    may help, for a loader of ``workers`` CPU and ``gpu_workers`` GPU workers reading a JPEG store or not.
+    None when the data kept up."""
+    total = sum(waited.values())
+    if seconds <= 0 or total <= BOUND_SHARE * seconds:
+        return None
+    kind = max(KINDS, key=lambda k: waited.get(k, 0.0))
+    if kind == "CPU workers" and jpeg:
+        why = (f"the CPU workers ({workers}) decode JPEGs more slowly than the step trains; more cores "
+               "(--loader-workers), " + ("more GPU workers (--gpu-workers)" if gpu_workers else
+                                         "GPU workers (--decode mixed, on a GPU with JPEG engines and nvImageCodec)")
+               + " or a raw store that fits in memory (alexnet prepare --encoding raw) would feed it faster")
+    elif kind == "CPU workers":
+        why = (f"the CPU workers ({workers}) read raw images more slowly than the step trains: the store is not all "
+               "in the page cache (memory, a faster disk), or more workers are needed (--loader-workers)")
+    elif kind == "GPU workers":
+        why = (f"the GPU workers ({gpu_workers}) decode more slowly than the step trains; more GPU workers "
+               "(--gpu-workers) or CPU workers (--loader-workers) would take more of the batches")
+    else:
+        why = "every slot of the loader's ring was taken (batches in flight or not yet copied to the GPU)"
+    return (f"data-bound: this epoch waited {total:.1f} s of its {seconds:.1f} s ({total / seconds:.0%}) for "
+            f"batches, most for the {kind}: {why}")
