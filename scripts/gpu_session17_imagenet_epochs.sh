@@ -5,7 +5,9 @@
 #   bash scripts/gpu_session17_imagenet_epochs.sh store RUNSPEC...   # writes the store (1,281,167 + 10,000 JPEG-90
 #                                                                     # images, /tmp/rep), the resident step, then runs
 #   bash scripts/gpu_session17_imagenet_epochs.sh runs RUNSPEC...    # the next call on the same machine: runs only
-# RUNSPEC: "NAME|BATCH" (defaults otherwise). A run is started only while 100 s of LIMIT (590) are left.
+# RUNSPEC: "NAME|BATCH" or "NAME|BATCH|OPTIONS" (defaults otherwise; e.g. "g4|256|--gpu-workers 4", for the next
+# session: 3 against 4 GPU workers on a machine whose CPU workers fall behind). A run is started only while
+# 100 s of LIMIT (590) are left.
 source scripts/gpu_env.sh
 LOG=$OUT/e2e.log; : > "$LOG"
 mode=$1; shift
@@ -21,11 +23,11 @@ fi
 REP=(--data /tmp/rep --epochs 2 --val-split val --test-crops 1 --eval-batch-size 500 --stall-epochs 0)
 RUNS=""
 for spec in "$@"; do
-  IFS='|' read -r name batch <<< "$spec"
+  IFS='|' read -r name batch opts <<< "$spec"
   left=$(( ${LIMIT:-590} - ($(date +%s) - T0) ))
   if [ $left -lt 100 ]; then stamp "$name: skipped, $left s left"; continue; fi
-  train "$name" $(( left - 5 < 160 ? left - 5 : 160 )) "${ONE[@]}" "${REP[@]}" --batch-size "$batch"
-  RUNS+="$name|1|--batch-size $batch"$'\n'
+  train "$name" $(( left - 5 < 160 ? left - 5 : 160 )) "${ONE[@]}" "${REP[@]}" --batch-size "$batch" $opts
+  RUNS+="$name|1|--batch-size $batch $opts"$'\n'
 done
 grep -E "^loader|rror|Traceback" "$LOG" | sort | uniq -c | cut -c1-200 | head
 tail -4 "$OUT/resident.txt" 2>/dev/null
