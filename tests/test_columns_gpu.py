@@ -177,7 +177,6 @@ def _nccl_train_worker(rank: int, store: str, out: str) -> None:
     import torch.distributed as td
 
     torch.cuda.set_device(rank)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False   # float32 as written
     td.init_process_group("nccl", init_method=f"file://{store}", rank=rank, world_size=2)
     try:
         model = DistributedColumnAlexNet(AlexNet2012Config(num_classes=100)).to(f"cuda:{rank}").train()
