@@ -203,11 +203,11 @@ def end_epoch(run: Run, epoch: int, stall: _Stall) -> dict:
             f"{val['top1_error']:.4f} top-5 err {val['top5_error']:.4f} | {metrics['images_per_second']:,.0f} img/s, "
             f"{seconds:.1f} s{warm}" + ("" if share is None else f", {share:.0%} of batches decoded by GPU workers")
             + _waited_text(waited))
-    hint = data_bound_hint(waited, seconds, run.train_feeder.workers, run.train_feeder.gpu_workers,
-                           run.train_feeder.split.encoding == "jpeg") if waited and complete and \
-        epoch == 1 else None   # once a run, for its first steady epoch (the first starts the loader)
-    if hint:
-        run.log(hint)
+    if waited and complete and epoch == 1:  # once a run, for its first steady epoch (the first starts the loader)
+        feeder = run.train_feeder
+        hint = data_bound_hint(waited, seconds, feeder.workers, feeder.gpu_workers, feeder.split.encoding == "jpeg")
+        if hint:
+            run.log(hint)
     if stall.epoch(val["top1_error"], stats_batches, val["images"]):
         raise TrainingDiverged(f"validation error has stayed at chance ({stall.chance_error:.3f}) for "
                                f"{stall.flat_epochs} epochs ({stall.flat_steps} steps): the network is not learning. "
