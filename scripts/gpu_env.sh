@@ -44,11 +44,11 @@ jpeg_store() {  # COUNT [SECONDS]: nv_wheels and a JPEG-90 replica store /tmp/re
   stamp "store: $? $(du -sh /tmp/rep | cut -f1) ($(du -sb /tmp/rep | cut -f1) bytes)"
 }
 run_all() {  # RUNS (lines "name|gpus|data|options"), each one `alexnet train` process on REP's data, while
-  # more than 40 s of LIMIT (seconds from the script's start) is left, each for at most RUN_LIMIT seconds
+  # at least RUN_MIN (40) s of LIMIT (seconds from the script's start) are left, each for at most RUN_LIMIT seconds
   while IFS='|' read -r name gpus data args; do
     [ -z "$name" ] && continue
     local left=$(( ${LIMIT:-520} - ($(date +%s) - T0) ))
-    if [ $left -lt 40 ]; then stamp "$name: skipped, ${left} s left"; continue; fi
+    if [ $left -lt ${RUN_MIN:-40} ]; then stamp "$name: skipped, ${left} s left"; continue; fi
     train "$name" $(( left < ${RUN_LIMIT:-90} ? left : ${RUN_LIMIT:-90} )) "${ONE[@]}" "${REP[@]}" $args
   done <<< "$1"
 }

@@ -7,7 +7,7 @@
 #   bash scripts/gpu_session17_imagenet_epochs.sh runs RUNSPEC...    # the next call on the same machine: runs only
 # RUNSPEC: "NAME|BATCH" or "NAME|BATCH|OPTIONS" (defaults otherwise; e.g. "g4|256|--gpu-workers 4", for the next
 # session: 3 against 4 GPU workers on a machine whose CPU workers fall behind). A run is started only while
-# 100 s of LIMIT (590) are left.
+# 100 s of LIMIT (590) are left (gpu_env.sh's run_all).
 source scripts/gpu_env.sh
 LOG=$OUT/e2e.log; : > "$LOG"
 mode=$1; shift
@@ -24,11 +24,9 @@ REP=(--data /tmp/rep --epochs 2 --val-split val --test-crops 1 --eval-batch-size
 RUNS=""
 for spec in "$@"; do
   IFS='|' read -r name batch opts <<< "$spec"
-  left=$(( ${LIMIT:-590} - ($(date +%s) - T0) ))
-  if [ $left -lt 100 ]; then stamp "$name: skipped, $left s left"; continue; fi
-  train "$name" $(( left - 5 < 160 ? left - 5 : 160 )) "${ONE[@]}" "${REP[@]}" --batch-size "$batch" $opts
-  RUNS+="$name|1|--batch-size $batch $opts"$'\n'
+  RUNS+="$name|1|REP|--batch-size $batch $opts"$'\n'
 done
+LIMIT=${LIMIT:-590} RUN_MIN=100 RUN_LIMIT=160 run_all "$RUNS"
 grep -E "^loader|rror|Traceback" "$LOG" | sort | uniq -c | cut -c1-200 | head
 tail -4 "$OUT/resident.txt" 2>/dev/null
 python scripts/runs_table.py "$RUNS"
