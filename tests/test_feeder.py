@@ -298,7 +298,8 @@ def test_a_gpu_worker_keeps_its_batches_in_flight(stores, monkeypatch):
 def test_auto_decode_picks_gpu_workers_only_where_measured_faster(stores, monkeypatch, tmp_path):
     """decode="auto": mixed (GPU workers beside CPU workers) only for a JPEG store on a Hopper GPU with
     nvImageCodec, one training process, fewer than 24 cores and, without MPS, a batch of 256 per process;
-    under DDP, MPS and 256 per process; CPU decoding everywhere else. GPU workers: 3 where the MPS daemon runs, else 1."""
+    under DDP, MPS and 256 per process; CPU decoding everywhere else. GPU workers: 3 where the MPS daemon runs
+    (4 for one process at 256 images or more), else 1."""
     from alexnet.data import gpu_decode, procs
 
     monkeypatch.setattr(gpu_decode, "nvimgcodec_available", lambda: True)
@@ -331,11 +332,17 @@ def test_auto_decode_picks_gpu_workers_only_where_measured_faster(stores, monkey
     assert not gpu_decode.mps_running() and gpu_decode.default_gpu_workers() == 1
     (tmp_path / "control").touch()  # the daemon's control pipe
     assert gpu_decode.mps_running() and gpu_decode.default_gpu_workers() == 3
+    # one more for one process at 256 images or more, where CPU decoding fell behind (not under DDP)
+    assert [gpu_decode.default_gpu_workers(b) for b in (128, 255, 256, 512)] == [3, 3, 4, 4]
+    for world, want in ((1, 4), (2, 3)):  # the Feeder asks with its batch per process (256, 128)
+        with Feeder(split_of(stores, "jpeg"), 256, workers=1, decode="mixed", world_size=world) as feeder:
+            assert feeder.gpu_workers == want and len(feeder.pids()) == 1 + want
     assert resolve("cuda:0", "jpeg", batch=128)[0] == "mixed"  # 3 GPU workers under MPS: +12% at 128
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     monkeypatch.setattr(procs, "usable_cores", lambda: 32)
     assert resolve("cuda:0", "jpeg", batch=256) == ("mixed", "auto: 2 training processes on this machine, NVIDIA MPS running")
     assert resolve("cuda:0", "jpeg", batch=128)[0] == "cpu"  # under DDP 128 each: CPU decoding keeps up
+    assert gpu_decode.default_gpu_workers(256) == 3  # DDP: 4 not measured there
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
 
     with Feeder(split_of(stores, "jpeg"), 8, workers=1, decode="auto") as feeder:  # on the CPU: CPU workers

@@ -123,7 +123,8 @@ class TrainConfig:
                               resume="apply", group="running")
     gpu_workers: int | None = option(None, "decode cuda or mixed: GPU worker processes per training process "
                                            "(each decodes whole batches on the training GPU; default: 3 where "
-                                           "NVIDIA MPS runs, else 1)", resume="apply", group="running")
+                                           "NVIDIA MPS runs, 4 for one process at batch 256 or more; else 1)",
+                                resume="apply", group="running")
     gpu_decoder: str = option("auto", "decoding on the GPU: nvimgcodec (the GPU's hardware JPEG engines; "
                                       "pip install alexnet[gpu-decode]), torchvision (nvJPEG on the SMs); "
                                       "auto: nvimgcodec when installed", choices=("auto", "nvimgcodec", "torchvision"),

@@ -23,7 +23,7 @@ from alexnet.checkpoint import CheckpointKeeper
 from alexnet.config import FIELDS, TrainConfig, merge_for_resume, resolve
 from alexnet.data.augment import Augment, input_scale
 from alexnet.data.feeder import Feeder
-from alexnet.data.gpu_decode import GPU_WORKERS_WITH_MPS, START_MPS, mps_running
+from alexnet.data.gpu_decode import GPU_WORKERS_LARGE_BATCH, GPU_WORKERS_WITH_MPS, LARGE_BATCH, START_MPS, mps_running
 from alexnet.data.mps import start_for_run as start_mps_for_run
 from alexnet.data.splits import open_prepared, split_train_val
 from alexnet.errors import ConfigError, DataError, TrainingDiverged
@@ -384,7 +384,7 @@ def _describe(run: Run, lr: float, log) -> None:
     if run.train_feeder.gpu_workers and not mps_running():  # GPU workers run on CUDA only
         log("loader: the GPU time-slices the GPU workers' kernels with training's (separate processes); "
             f"with NVIDIA MPS running ({START_MPS}) they run side by side, and {GPU_WORKERS_WITH_MPS} GPU "
-            "workers are the default")
+            f"workers are the default ({GPU_WORKERS_LARGE_BATCH} at {LARGE_BATCH} images or more for one process)")
     if parallel is not None:
         log(f"parallel: {placement.describe()}")
         for line in format_run_accounting(parallel):

@@ -71,10 +71,10 @@ class Feeder:
     CPU and GPU runs). ``prefetch``: batches copied to the device ahead of use. ``decode``: where a
     JPEG store is decoded: ``"cpu"``, ``"cuda"`` or ``"mixed"``, or ``"auto"``
     (:func:`alexnet.data.gpu_decode.resolve_decode`: mixed where that was measured to be faster);
-    ``gpu_workers`` (default :func:`~alexnet.data.gpu_decode.default_gpu_workers`: 3 where NVIDIA MPS
-    runs, else 1; 0 for ``"cpu"``) GPU worker processes with ``gpu_decoder``; ``cpu_decoder``: the CPU workers'
-    JPEG decoder (:func:`alexnet.data.decode.store_jpeg_decoder`). ``gpu_ahead``: ring slots per GPU
-    worker for the batches it finishes before an earlier one is ready (see GPU_AHEAD; 0: none).
+    ``gpu_workers`` (default :func:`~alexnet.data.gpu_decode.default_gpu_workers`: where NVIDIA MPS
+    runs 3, or 4 for one process at 256 images or more; else 1; 0 for ``"cpu"``) GPU worker processes with
+    ``gpu_decoder``; ``cpu_decoder``: the CPU workers' JPEG decoder (:func:`alexnet.data.decode.store_jpeg_decoder`).
+    ``gpu_ahead``: ring slots per GPU worker for batches finished early (see GPU_AHEAD; 0: none).
     ``device_buffers``: on CUDA, fixed device buffers the batches land in, in turn (0, the default:
     fresh memory from the caching allocator; else at least ``prefetch + 1``; a batch is then valid
     only until the next one is taken).
@@ -90,12 +90,13 @@ class Feeder:
             raise ValueError(f"unknown decode {decode!r}: {', '.join(DECODES)}")
         self.device = torch.device(device)
         self.decode_why = None  # why "auto" chose what it chose
+        local_batch = batch_size // world_size
         if decode == "auto":
-            decode, self.decode_why = resolve_decode(self.device, split.encoding, gpu_decoder,
-                                                     batch=batch_size // world_size)
+            decode, self.decode_why = resolve_decode(self.device, split.encoding, gpu_decoder, batch=local_batch)
         if decode != "cpu" and split.encoding != "jpeg":
             raise ValueError(f"decode={decode!r} needs a JPEG store")
-        self.gpu_workers = 0 if decode == "cpu" else (default_gpu_workers() if gpu_workers is None else int(gpu_workers))
+        chosen = default_gpu_workers(local_batch) if gpu_workers is None else int(gpu_workers)
+        self.gpu_workers = 0 if decode == "cpu" else chosen
         if decode != "cpu" and self.gpu_workers < 1:
             raise ValueError(f"decode={decode!r} needs at least one GPU worker, got {self.gpu_workers}")
         if gpu_decoder not in GPU_DECODERS:

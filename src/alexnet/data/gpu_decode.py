@@ -27,8 +27,9 @@ import torch
 
 from alexnet.errors import DataError
 
-__all__ = ["GPU_DECODERS", "GPU_WORKERS_WITH_MPS", "START_MPS", "Decoded", "GpuDecoding", "default_gpu_workers", "gpu_decoder", "measured_gpu",
-           "mps_running", "nvimgcodec_available", "resolve_decode", "resolve_gpu_decoder"]
+__all__ = ["GPU_DECODERS", "GPU_WORKERS_WITH_MPS", "GPU_WORKERS_LARGE_BATCH", "LARGE_BATCH", "START_MPS", "Decoded",
+           "GpuDecoding", "default_gpu_workers", "gpu_decoder", "measured_gpu", "mps_running", "nvimgcodec_available",
+           "resolve_decode", "resolve_gpu_decoder"]
 
 GPU_DECODERS = ("auto", "nvimgcodec", "torchvision")
 
@@ -95,8 +96,15 @@ AUTO_MIXED_MIN_BATCH_WITHOUT_MPS = 256
 # CPU decoding already keeps up. So mixed under DDP needs MPS and this batch per process.
 AUTO_MIXED_MIN_BATCH_DDP = 256
 GPU_WORKERS_WITH_MPS = 3  # GPU workers by default where the MPS daemon runs, else 1
+# One more at this batch (per process) or more, for one training process on the machine: at 256 on a
+# 16-core H200 at ImageNet size the CPU workers' share fell behind the step with 3 (eighteenth session,
+# one machine, in alternation: 4 GPU + 10 CPU workers 44,346-44,995 images/s, 90.8-92.1% of the resident
+# step, against 41,235-44,954 with 3 + 11, 84.4-92.0%; 5 + 9: 87.1%), while at 128, where CPU decoding
+# keeps up, the fourth decoder's kernels cost the step (97.2% against 99.6%). Under DDP: 3 (4 not measured).
+GPU_WORKERS_LARGE_BATCH, LARGE_BATCH = 4, 256
 START_MPS = "nvidia-cuda-mps-control -d"  # how the logs tell a user to start the MPS daemon
 # The end of `auto`'s reason where GPU workers wait for MPS ({} : " per process" under DDP, else "").
+# (Both cases are ones where the default is GPU_WORKERS_WITH_MPS: DDP, or one process below LARGE_BATCH.)
 _WITH_MPS = f"with MPS running ({START_MPS}) {GPU_WORKERS_WITH_MPS} GPU workers{{}} join the CPU workers"
 # The GPU workers' stream priority (CUDA: lower is more urgent; 0 is the default, torch maps -1 to its
 # high priority). Beside a GPU-saturating neighbour the decoder's small kernels wait behind it; -1 was
@@ -116,8 +124,14 @@ def mps_running() -> bool:
     return os.path.exists(os.path.join(os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps"), "control"))
 
 
-def default_gpu_workers() -> int:
-    return GPU_WORKERS_WITH_MPS if mps_running() else 1
+def default_gpu_workers(batch: int | None = None) -> int:
+    """GPU workers per training process by default: 1 without NVIDIA MPS; with it 3, or 4 for one
+    training process on the machine at ``batch`` (per process) of LARGE_BATCH or more."""
+    if not mps_running():
+        return 1
+    one_process = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) == 1
+    large = one_process and batch is not None and batch >= LARGE_BATCH
+    return GPU_WORKERS_LARGE_BATCH if large else GPU_WORKERS_WITH_MPS
 
 
 MEASURED_CAPABILITY_MAJOR = 9  # Hopper: where GPU workers were measured

@@ -2,7 +2,8 @@
 
 The loader's GPU workers (:mod:`alexnet.data.gpu_decode`) are processes of their own, each with its own
 CUDA context; without MPS the GPU time-slices their decoding kernels with the training step's, so the two
-take turns. Under MPS they run side by side, and ``--decode auto`` then uses 3 GPU workers at any batch.
+take turns. Under MPS they run side by side, and ``--decode auto`` then uses 3 GPU workers at any batch (4
+for one process at 256 images or more).
 On one 16-core H200 at ImageNet size (docs/RESULTS.md, eleventh session), batch 128: 94.5-96.2% of the
 GPU-resident step with MPS, 79-88% without it.
 
