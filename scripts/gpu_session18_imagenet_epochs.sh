@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Eighteenth session (2026-12-02): two ImageNet-size epochs of `alexnet train` on one H200 (16 cores), 3 GPU
+# workers (the default) against 4, in alternation on one warm machine, against the resident step (issue 11,
+# items 2 and 4); and the seventeenth session's "data-bound:" line seen on a GPU (a starved loader).
+#   bash scripts/gpu_session18_imagenet_epochs.sh store RUNSPEC...   # writes the store (1,281,167 + 10,000 JPEG-90
+#                                                                     # images, /tmp/rep), the resident step, then runs
+#   bash scripts/gpu_session18_imagenet_epochs.sh runs RUNSPEC...    # the next call on the same machine: runs only
+# RUNSPEC: "NAME|BATCH" or "NAME|BATCH|OPTIONS" (defaults otherwise; e.g. "g4|256|--gpu-workers 4"). A run is
+# started only while RUN_MIN (100) s of LIMIT (590) are left (gpu_env.sh's run_all).
+# STARVED=1: last, a small store (/tmp/small: 20,000 + 2,000 images) trained 2 epochs at 256 with 2 CPU workers
+# and no GPU workers (--decode cpu --loader-workers 2), which must print the "data-bound:" line after epoch 2.
+source scripts/gpu_env.sh
+LOG=$OUT/e2e.log; : > "$LOG"
+mode=$1; shift
+if [ "$mode" = store ]; then
+  jpeg_store 1281167 430
+  resident_step 256 128 > "$OUT/resident.txt" 2>&1
+  stamp "resident: $(grep -E '^ *alexnet2012 +graphed' $OUT/resident.txt | tr -s ' ')"
+else
+  nv_wheels
+  [ -f /tmp/rep/meta.json ] || { stamp "no store: the machine is not the one of the last call"; exit 3; }
+  stamp "store: $(du -sb /tmp/rep | cut -f1) bytes, from the last call"
+fi
+REP=(--data /tmp/rep --epochs 2 --val-split val --test-crops 1 --eval-batch-size 500 --stall-epochs 0)
+RUNS=""
+for spec in "$@"; do
+  IFS='|' read -r name batch opts <<< "$spec"
+  RUNS+="$name|1|REP|--batch-size $batch $opts"$'\n'
+done
+LIMIT=${LIMIT:-590} RUN_MIN=${RUN_MIN:-100} RUN_LIMIT=160 run_all "$RUNS"
+if [ "${STARVED:-0}" = 1 ]; then
+  timeout 60 python -c "from alexnet.data.replica import make_replica_store as m; m('.carry/imagenet-sample', '/tmp/small', count=20000, val_count=2000, progress=False)" > /dev/null 2>&1
+  stamp "small store: $? $(du -sh /tmp/small | cut -f1)"
+  REP=(--data /tmp/small --epochs 2 --val-split val --test-crops 1 --stall-epochs 0 --batch-size 256 --decode cpu --loader-workers 2)
+  RUNS+="starved|1|REP|"$'\n'
+  LIMIT=$(( ${LIMIT:-590} + 60 )) RUN_MIN=50 RUN_LIMIT=110 run_all "starved|1|REP|"
+  stamp "data-bound lines: $(grep -c '^data-bound' "$LOG")"
+  grep '^data-bound' "$LOG" | cut -c1-400
+fi
+grep -E "^loader|rror|Traceback" "$LOG" | sort | uniq -c | cut -c1-200 | head
+tail -4 "$OUT/resident.txt" 2>/dev/null
+python scripts/runs_table.py "$RUNS"
