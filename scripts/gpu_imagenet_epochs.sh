@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Eighteenth session (2026-12-02): two ImageNet-size epochs of `alexnet train` on one H200 (16 cores), 3 GPU
-# workers (the default) against 4, in alternation on one warm machine, against the resident step (issue 11,
-# items 2 and 4); and the seventeenth session's "data-bound:" line seen on a GPU (a starved loader).
-#   bash scripts/gpu_session18_imagenet_epochs.sh store RUNSPEC...   # writes the store (1,281,167 + 10,000 JPEG-90
-#                                                                     # images, /tmp/rep), the resident step, then runs
-#   bash scripts/gpu_session18_imagenet_epochs.sh runs RUNSPEC...    # the next call on the same machine: runs only
+# Two ImageNet-size epochs of `alexnet train` on one H200 per run, against the resident step on the same
+# machine (issue 11, items 2 and 4): the seventeenth session's runs (defaults at 256 and 128) and the
+# eighteenth's (3 GPU workers against 4 and 5, in alternation; STARVED=1 for the "data-bound:" line).
+#   bash scripts/gpu_imagenet_epochs.sh store RUNSPEC...   # writes the store (1,281,167 + 10,000 JPEG-90
+#                                                           # images, /tmp/rep), the resident step, then runs
+#   bash scripts/gpu_imagenet_epochs.sh runs RUNSPEC...    # the next call on the same machine: runs only
 # RUNSPEC: "NAME|BATCH" or "NAME|BATCH|OPTIONS" (defaults otherwise; e.g. "g4|256|--gpu-workers 4"). A run is
 # started only while RUN_MIN (100) s of LIMIT (590) are left (gpu_env.sh's run_all).
 # STARVED=1: last, a small store (/tmp/small: 20,000 + 2,000 images) trained 2 epochs at 256 with 2 CPU workers
