@@ -140,6 +140,7 @@ def test_the_torchrun_rows_time_what_train_runs():
                          bench_steps.FORMS)
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 @pytest.mark.parametrize("form", ["ddp", "columns-2proc"])
 def test_the_torchrun_forms_run_on_two_cpu_processes(form, tmp_path):

@@ -95,6 +95,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_two_nodes_of_one_process_each_train_as_one_ddp_run(shapes, tmp_path):
     """The multi-node launch, on one machine: `torchrun --nnodes 2 --node-rank 0|1` with a rendezvous
@@ -123,6 +124,7 @@ def test_two_nodes_of_one_process_each_train_as_one_ddp_run(shapes, tmp_path):
     _assert_weights_close(a["model"], b["model"], atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_one_ddp_step_on_two_processes_equals_one_step_on_the_whole_batch(shapes, tmp_path):
     args = ["--data", str(shapes), *PLAIN, "--epochs", "1", "--max-steps", "1"]
@@ -333,6 +335,7 @@ def test_memory_on_cuda_measures_one_column_below_the_whole_network():
     assert "under a cap of 1.5 GiB" in format_report(r)
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_ddp_with_the_all_reduce_in_the_step_equals_ddp(shapes, tmp_path):
     """`--ddp-reduce step` (the step all-reduces the gradients after backward: what the CUDA-graph
@@ -358,6 +361,7 @@ def _same_runs(args: list[str], reduce: str, other: str, tmp_path: Path, atol: f
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_overlapped_all_reduce_equals_the_all_reduce_after_backward(shapes224, tmp_path):
     """`--ddp-reduce overlap` (the paper's net: backward in two parts, the classifier's all-reduces
@@ -370,6 +374,7 @@ def test_overlapped_all_reduce_equals_the_all_reduce_after_backward(shapes224, t
     assert "the classifier's during the convolutions' backward pass" in out
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_the_shared_out_classifier_update_equals_the_overlapped_all_reduce(shapes224, tmp_path):
     """`--ddp-reduce shard` (the classifier's gradients reduce-scattered, each process updating its
@@ -455,6 +460,7 @@ def test_the_bf16_all_reduce_rounds_each_gradient_to_bf16_and_keeps_the_overlap_
         assert ("in bf16" in p.describe()) == (dtype == "bf16")
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_bf16_all_reduce_trains_close_to_fp32_in_both_reducers(shapes, tmp_path):
     """`--ddp-reduce-dtype bf16` under the step's all-reduce and under torch's DDP (its
@@ -533,6 +539,7 @@ def _reducer_worker(rank: int, store: str, backend: str) -> None:
         td.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 @pytest.mark.parametrize("backend", ["gloo", pytest.param("nccl", marks=[pytest.mark.gpu, TWO_GPUS])])
 def test_the_step_reducers_make_every_gradient_the_exact_mean(backend, tmp_path):

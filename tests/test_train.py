@@ -84,6 +84,7 @@ def _kill_when(proc: subprocess.Popen, ready, timeout_s: float = 240.0) -> None:
     proc.wait(timeout=60)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_bit_identical(shapes, tmp_path):
     """Kill the process with SIGKILL right after its first checkpoint within an epoch (wherever the
     kill lands), resume, and compare with an uninterrupted run: identical weights, bit for bit."""

@@ -20,6 +20,7 @@ pytest.importorskip("triton")
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on CUDA test_kernels.py runs the compiled kernels")
 def test_kernels_and_operators_under_the_triton_interpreter():
     env = os.environ | {"TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT / "src")}
