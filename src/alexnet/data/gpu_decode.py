@@ -25,6 +25,7 @@ import warnings
 
 import torch
 
+from alexnet.data.procs import local_processes
 from alexnet.errors import DataError
 
 __all__ = ["GPU_DECODERS", "GPU_WORKERS_WITH_MPS", "GPU_WORKERS_LARGE_BATCH", "LARGE_BATCH", "START_MPS", "Decoded",
@@ -129,8 +130,7 @@ def default_gpu_workers(batch: int | None = None) -> int:
     training process on the machine at ``batch`` (per process) of LARGE_BATCH or more."""
     if not mps_running():
         return 1
-    one_process = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) == 1
-    large = one_process and batch is not None and batch >= LARGE_BATCH
+    large = local_processes() == 1 and batch is not None and batch >= LARGE_BATCH
     return GPU_WORKERS_LARGE_BATCH if large else GPU_WORKERS_WITH_MPS
 
 
@@ -159,7 +159,7 @@ def resolve_decode(device, encoding: str, gpu_decoder: str = "auto", batch: int 
         return "cpu", "auto: nvImageCodec is not installed (pip install alexnet[gpu-decode])"
     if not measured_gpu(device):
         return "cpu", "auto: GPU decoding measured on H100/H200 only"
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    local = local_processes()
     if local > 1:
         if batch is not None and batch < AUTO_MIXED_MIN_BATCH_DDP:
             return "cpu", f"auto: {local} training processes on this machine at batch {batch} each, where CPU decoding keeps up"

@@ -101,11 +101,11 @@ def _train_encoding(cfg) -> str | None:
 def wanted(cfg) -> tuple[bool, str | None]:
     """Whether this run should start a daemon, and why not where a user would want to know (None: the
     run has no GPU workers to help, or a daemon already serves it)."""
-    from alexnet.data.procs import usable_cores
+    from alexnet.data.procs import local_processes, usable_cores
 
     if cfg.mps == "off" or cfg.device == "cpu" or cfg.decode == "cpu" or mps_running():
         return False, None
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or local_processes() > 1:
         return False, None  # gpu_decode's `auto` tells torchrun users to start it
     if _train_encoding(cfg) != "jpeg":
         return False, None

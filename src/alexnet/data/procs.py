@@ -13,7 +13,7 @@ import os
 import signal
 from contextlib import contextmanager
 
-__all__ = ["context", "usable_cores", "worker_setup", "one_thread"]
+__all__ = ["context", "usable_cores", "local_processes", "worker_setup", "one_thread"]
 
 # Imported once by the fork server, so that forked workers start warm.
 PRELOAD = ["alexnet.data.feeder_worker", "alexnet.data.prepare_chunk", "torchvision.io",
@@ -34,6 +34,11 @@ def usable_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+def local_processes() -> int:
+    """Training processes on this machine: torchrun's LOCAL_WORLD_SIZE, 1 without it."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 # Niceness of a loader's CPU worker processes: above 0, the training process and the GPU workers take a

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from alexnet.data.procs import context, usable_cores
+from alexnet.data.procs import context, local_processes, usable_cores
 from alexnet.data.ring import Ring
 from alexnet.errors import DataError
 
@@ -30,7 +30,7 @@ def default_workers(device, encoding: str, decode: str = "cpu", gpu_workers: int
     decoded by GPU workers (``decode="cuda"``): none."""
     if torch.device(device).type != "cuda" or decode == "cuda":
         return 0
-    local_ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    local_ranks = local_processes()
     spare = max(1, usable_cores() // local_ranks - 2 - (gpu_workers if decode == "mixed" else 0))
     if encoding == "raw":
         return min(spare, RAW_WORKERS)
