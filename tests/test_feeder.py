@@ -269,12 +269,14 @@ def test_a_gpu_worker_keeps_its_batches_in_flight(stores, monkeypatch):
     ours, theirs = Pipe(duplex=True)
     worker = threading.Thread(target=feeder_worker.main,
                               args=(9, theirs, ring.handle(), source, os.getpid(), {"device": "cpu", "decoder": "auto"}))
+    # Both tasks are in the pipe before the worker starts: a worker with nothing new to start finishes its
+    # oldest batch (by design), so a second task sent while it runs would race that wait.
+    rows = [np.arange(8), np.arange(8, 16)]
+    for b in (0, 1):
+        ours.send((1, b, b, rows[b], np.full(8, b + 3)))
     worker.start()
     try:
         assert ours.poll(60) and ours.recv()[0] == "ready"  # a worker that died says nothing: fail, not hang
-        rows = [np.arange(8), np.arange(8, 16)]
-        for b in (0, 1):
-            ours.send((1, b, b, rows[b], np.full(8, b + 3)))
         deadline = time.monotonic() + 10
         while len(submitted) < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
