@@ -43,13 +43,15 @@ jpeg_store() {  # COUNT [SECONDS]: nv_wheels and a JPEG-90 replica store /tmp/re
   timeout "${2:-150}" python -c "from alexnet.data.replica import make_replica_store as m; m('.carry/imagenet-sample', '/tmp/rep', count=$1, progress=False)" > /dev/null 2>&1
   stamp "store: $? $(du -sh /tmp/rep | cut -f1) ($(du -sb /tmp/rep | cut -f1) bytes)"
 }
-run_all() {  # RUNS (lines "name|gpus|data|options"), each one `alexnet train` process on REP's data, while
-  # at least RUN_MIN (40) s of LIMIT (seconds from the script's start) are left, each for at most RUN_LIMIT seconds
+run_all() {  # RUNS (lines "name|gpus|data|options"), each `alexnet train` on REP's data (gpus 2: torchrun on two
+  # GPUs, TWO; else one process, ONE), while at least RUN_MIN (40) s of LIMIT (seconds from the script's start)
+  # are left, each for at most RUN_LIMIT seconds
   while IFS='|' read -r name gpus data args; do
     [ -z "$name" ] && continue
     local left=$(( ${LIMIT:-520} - ($(date +%s) - T0) ))
     if [ $left -lt ${RUN_MIN:-40} ]; then stamp "$name: skipped, ${left} s left"; continue; fi
-    train "$name" $(( left < ${RUN_LIMIT:-90} ? left : ${RUN_LIMIT:-90} )) "${ONE[@]}" "${REP[@]}" $args
+    local launch=("${ONE[@]}"); [ "$gpus" = 2 ] && launch=("${TWO[@]}")
+    train "$name" $(( left < ${RUN_LIMIT:-90} ? left : ${RUN_LIMIT:-90} )) "${launch[@]}" "${REP[@]}" $args
   done <<< "$1"
 }
 each_run() {  # SPEC...: "NAME|KNOB|OPTIONS|LABEL" each; RUNS gets the line "NAME|1|LABEL" (runs_table.py's), then
