@@ -221,6 +221,8 @@ def test_a_data_bound_epoch_is_explained_with_what_would_feed_it_faster():
     assert text.startswith("data-bound: this epoch waited 2.0 s of its 10.0 s (20%) for batches, most for the "
                            "CPU workers: the CPU workers (11) decode JPEGs")
     assert "--gpu-workers" in text and "--encoding raw" in text
+    assert "slowed the step" not in text
+    assert "past 4 on a 16-core H200" in data_bound_hint(w(cpu=1.0), 10.0, 10, 4, True)  # measured: 5 < 4
     assert "--decode mixed" in data_bound_hint(w(cpu=1.0), 10.0, 14, 0, True)   # no GPU workers yet
     assert "page cache" in data_bound_hint(w(cpu=1.0), 10.0, 4, 0, False)      # a raw store
     assert "GPU workers (3) decode" in data_bound_hint(w(cpu=0.2, gpu=0.9), 10.0, 11, 3, True)

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import time
 
+from alexnet.data.gpu_decode import GPU_WORKERS_LARGE_BATCH
+
 __all__ = ["Waits", "KINDS", "BOUND_SHARE", "data_bound_hint"]
 
 KINDS = ("ring full", "CPU workers", "GPU workers")
@@ -75,10 +77,16 @@ def data_bound_hint(waited: dict[str, float], seconds: float, workers: int, gpu_
         return None
     kind = max(KINDS, key=lambda k: waited.get(k, 0.0))
     if kind == "CPU workers" and jpeg:
+        if not gpu_workers:
+            gpu = "GPU workers (--decode mixed, on a GPU with JPEG engines and nvImageCodec)"
+        elif gpu_workers < GPU_WORKERS_LARGE_BATCH:
+            gpu = "more GPU workers (--gpu-workers)"
+        else:  # docs/RESULTS.md, eighteenth session: 5 against 4 at batch 256
+            gpu = (f"more GPU workers (--gpu-workers; past {GPU_WORKERS_LARGE_BATCH} on a 16-core H200 they slowed "
+                   "the step more than they fed it)")
         why = (f"the CPU workers ({workers}) decode JPEGs more slowly than the step trains; more cores "
-               "(--loader-workers), " + ("more GPU workers (--gpu-workers)" if gpu_workers else
-                                         "GPU workers (--decode mixed, on a GPU with JPEG engines and nvImageCodec)")
-               + " or a raw store that fits in memory (alexnet prepare --encoding raw) would feed it faster")
+               f"(--loader-workers), {gpu} or a raw store that fits in memory (alexnet prepare --encoding raw) "
+               "would feed it faster")
     elif kind == "CPU workers":
         why = (f"the CPU workers ({workers}) read raw images more slowly than the step trains: the store is not all "
                "in the page cache (memory, a faster disk), or more workers are needed (--loader-workers)")
