@@ -29,13 +29,9 @@ REP=(--data /tmp/rep --epochs 2 --val-split val --test-crops 1 --eval-batch-size
 RUNS=""
 for spec in "$@"; do
   IFS='|' read -r name batch opts gpus <<< "$spec"
-  if [ "${gpus:-1}" = 2 ]; then
-    run="$name|2|REP|--batch-per-process $batch $opts"
-    mps_start && { LIMIT=${LIMIT:-590} RUN_MIN=${RUN_MIN:-100} RUN_LIMIT=160 run_all "$run"; mps_stop; }
-  else
-    run="$name|1|REP|--batch-size $batch $opts"
-    LIMIT=${LIMIT:-590} RUN_MIN=${RUN_MIN:-100} RUN_LIMIT=160 run_all "$run"
-  fi
+  if [ "${gpus:-1}" = 2 ]; then run="$name|2|REP|--batch-per-process $batch $opts"; runner=with_mps
+  else run="$name|1|REP|--batch-size $batch $opts"; runner=run_all; fi
+  LIMIT=${LIMIT:-590} RUN_MIN=${RUN_MIN:-100} RUN_LIMIT=160 $runner "$run"
   RUNS+="$run"$'\n'
 done
 if [ "${STARVED:-0}" = 1 ]; then
