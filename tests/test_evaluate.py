@@ -74,6 +74,22 @@ def test_eval_maps_an_image_folder_holding_a_subset_of_the_classes(trained_run, 
     assert json.loads(out)["images"] == 12
 
 
+def test_eval_of_an_image_folder_prepares_only_the_split_it_evaluates(trained_run, tmp_path, capsys):
+    # A tree whose train split holds an unreadable image: evaluating its test split must not read train
+    # (for ImageNet: not prepare 1.28 M training images to evaluate 50,000).
+    from alexnet.data.synthetic import make_shapes
+
+    src = make_shapes(tmp_path / "src", n_train_per_class=2, n_test_per_class=3)
+    (next((src / "train").iterdir()) / "broken.png").write_bytes(b"not an image")
+    cache = tmp_path / "cache"
+    code, out, err = run_cli(capsys, "eval", "--checkpoint", str(trained_run / "last.pt"), "--data", str(src),
+                             "--crops", "1", "--json", "--device", "cpu", "--cache", str(cache))
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["split"] == "test" and r["images"] == 30
+    assert list(PreparedData.open(cache).splits) == ["test"]
+
+
 def test_predict_gives_named_top5_classes(trained_run, tmp_path, capsys):
     from alexnet.data.synthetic import make_shapes
 

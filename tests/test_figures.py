@@ -108,6 +108,21 @@ def test_figures_predictions_command(tiny_run, tmp_path, capsys):
         assert len(probs) == 5 and probs == sorted(probs, reverse=True) and sum(probs) <= 100.01
 
 
+def test_figures_predictions_on_image_folders_prepare_only_the_split_shown(tiny_run, tmp_path, capsys):
+    # The training images are not read: an unreadable one there does not stop Figure 4's predictions.
+    from alexnet.data.synthetic import make_shapes
+
+    run, _ = tiny_run
+    src = make_shapes(tmp_path / "src", n_train_per_class=2, n_test_per_class=1)
+    (next((src / "train").iterdir()) / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "p.png"
+    assert main(["figures", "predictions", "--checkpoint", str(run / "last.pt"), "--data", str(src),
+                 "--images", "4", "--out", str(out), "--device", "cpu"]) == 0
+    assert len([x for x in capsys.readouterr().out.splitlines() if x.startswith("test[")]) == 4
+    with open_data(src, 32, query_only=True) as prepared:
+        assert list(prepared.splits) == ["test"]
+
+
 def test_figures_neighbours_command(tiny_run, tmp_path, capsys):
     run, data = tiny_run
     out = tmp_path / "n.png"

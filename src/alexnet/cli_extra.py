@@ -50,7 +50,7 @@ def cmd_figures(args: argparse.Namespace) -> int:
         print("(share of kernel energy outside the grey direction: 0 grey, 1 purely chromatic, ~0.67 random)")
     else:
         dev = resolve_device(args.device)
-        with figures.open_data(args.data, ckpt["image_size"]) as data:
+        with figures.open_data(args.data, ckpt["image_size"], args.which == "predictions", args.split) as data:
             if args.which == "predictions":
                 preds = figures.predictions(model, ckpt, data, args.split, args.images, args.crops, args.seed, dev)
                 figures.predictions_figure(preds, out, title)

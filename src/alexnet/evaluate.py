@@ -19,6 +19,7 @@ from torch import nn
 
 from alexnet.checkpoint import load_checkpoint, model_from_checkpoint
 from alexnet.data.augment import views
+from alexnet.data.layouts import list_splits
 from alexnet.data.loader import BatchLoader
 from alexnet.data.prepared import PreparedData, is_prepared
 from alexnet.errors import ConfigError, DataError, Interrupted
@@ -155,15 +156,14 @@ def evaluate_checkpoints(paths: list[str], data_dir: str, split: str | None = No
     try:
         if is_prepared(src):
             data = PreparedData.open(src)
+            name = _split_to_evaluate(split, list(data.splits), src)
         else:
+            # Only the split evaluated is prepared: not ImageNet's 1.28 M training images for its val.
+            name = _split_to_evaluate(split, list_splits(src), src)
             out = Path(cache_dir) if cache_dir else Path(tmp := tempfile.mkdtemp(prefix="alexnet-eval-"))
-            prepare(src, out, size=first["image_size"], splits=[split] if split else None, workers=workers,
+            prepare(src, out, size=first["image_size"], splits=[name], workers=workers,
                     progress=progress, skip_bad=skip_bad)
             data = PreparedData.open(out)
-        names = list(data.splits)
-        name = split or next((s for s in ("val", "test") if s in names), names[0] if len(names) == 1 else None)
-        if name is None or name not in names:
-            raise DataError(src, f"no split {split or 'val/test'!r} (found: {', '.join(names)})")
         if data.size != first["image_size"]:
             raise DataError(src, f"images prepared at {data.size} px; the checkpoint expects {first['image_size']}")
         label_map = label_map_for(list(data.classes), first["classes"], src)
@@ -177,6 +177,14 @@ def evaluate_checkpoints(paths: list[str], data_dir: str, split: str | None = No
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
     return result | {"checkpoints": [m.path for m in loaded], "split": name}
+
+
+def _split_to_evaluate(split: str | None, names: list[str], src: Path) -> str:
+    """``split`` if ``src`` has it; by default val, else test, else its only split."""
+    name = split or next((s for s in ("val", "test") if s in names), names[0] if len(names) == 1 else None)
+    if name is None or name not in names:
+        raise DataError(src, f"no split {split or 'val/test'!r} (found: {', '.join(names) or 'none'})")
+    return name
 
 
 @torch.no_grad()

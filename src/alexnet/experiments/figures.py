@@ -146,9 +146,11 @@ def kernels_figure(model: nn.Module, path: str | Path | None = None, title: str 
 
 
 @contextlib.contextmanager
-def open_data(data: str | Path, image_size: int, splits: list[str] | None = None):
+def open_data(data: str | Path, image_size: int, query_only: bool = False, split: str | None = None):
     """An `alexnet prepare` folder as is; image folders prepared into a temporary folder (removed
-    afterwards) at the checkpoint's image size."""
+    afterwards) at the checkpoint's image size: all their splits, or with ``query_only`` only the one
+    :func:`query_split` picks (Figure 4's predictions need no training images)."""
+    from alexnet.data.layouts import list_splits
     from alexnet.data.prepare import prepare
     from alexnet.data.prepared import PreparedData, is_prepared
 
@@ -161,6 +163,7 @@ def open_data(data: str | Path, image_size: int, splits: list[str] | None = None
             raise DataError(src, f"images prepared at {prepared.size} px; the checkpoint expects {image_size}")
         yield prepared
         return
+    splits = [query_name(list_splits(src), split, src)] if query_only else None
     tmp = tempfile.mkdtemp(prefix="alexnet-figures-")
     try:
         prepare(src, Path(tmp), size=image_size, splits=splits, progress=False)
@@ -170,10 +173,15 @@ def open_data(data: str | Path, image_size: int, splits: list[str] | None = None
 
 
 def query_split(data, split: str | None = None) -> str:
-    names = list(data.splits)
-    name = split or next((s for s in ("test", "val") if s in names), names[-1])
-    if name not in names:
-        raise DataError(data.path, f"no split {name!r} (found: {', '.join(names)})")
+    """The split of prepared ``data`` whose images Figure 4 shows: ``split``, by default test, else val,
+    else the last."""
+    return query_name(list(data.splits), split, data.path)
+
+
+def query_name(names: list[str], split: str | None, where) -> str:
+    name = split or next((s for s in ("test", "val") if s in names), names[-1] if names else None)
+    if name is None or name not in names:
+        raise DataError(where, f"no split {split or 'test/val'!r} (found: {', '.join(names) or 'none'})")
     return name
 
 
