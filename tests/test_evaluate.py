@@ -90,6 +90,20 @@ def test_eval_of_an_image_folder_prepares_only_the_split_it_evaluates(trained_ru
     assert list(PreparedData.open(cache).splits) == ["test"]
 
 
+def test_eval_names_an_unreadable_image_without_pointing_at_a_removed_list(trained_run, tmp_path, capsys):
+    from alexnet.data.synthetic import make_shapes
+
+    src = make_shapes(tmp_path / "src", n_train_per_class=1, n_test_per_class=2)
+    bad = next((src / "test").iterdir()) / "broken.png"
+    bad.write_bytes(b"not an image")
+    argv = ["eval", "--checkpoint", str(trained_run / "last.pt"), "--data", str(src), "--crops", "1", "--json",
+            "--device", "cpu"]
+    code, _, err = run_cli(capsys, *argv)
+    assert code != 0 and str(bad) in err and "--skip-bad" in err and "bad-images.txt" not in err
+    code, out, _ = run_cli(capsys, *argv, "--skip-bad")
+    assert code == 0 and json.loads(out)["images"] == 20
+
+
 def test_predict_gives_named_top5_classes(trained_run, tmp_path, capsys):
     from alexnet.data.synthetic import make_shapes
 

@@ -161,8 +161,8 @@ def evaluate_checkpoints(paths: list[str], data_dir: str, split: str | None = No
             # Only the split evaluated is prepared: not ImageNet's 1.28 M training images for its val.
             name = _split_to_evaluate(split, list_splits(src), src)
             out = Path(cache_dir) if cache_dir else Path(tmp := tempfile.mkdtemp(prefix="alexnet-eval-"))
-            prepare(src, out, size=first["image_size"], splits=[name], workers=workers,
-                    progress=progress, skip_bad=skip_bad)
+            prepare(src, out, size=first["image_size"], splits=[name], workers=workers, progress=progress,
+                    skip_bad=skip_bad, bad_hint=None if cache_dir else _BAD_HINT)
             data = PreparedData.open(out)
         if data.size != first["image_size"]:
             raise DataError(src, f"images prepared at {data.size} px; the checkpoint expects {first['image_size']}")
@@ -177,6 +177,10 @@ def evaluate_checkpoints(paths: list[str], data_dir: str, split: str | None = No
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
     return result | {"checkpoints": [m.path for m in loaded], "split": name}
+
+
+# For image folders prepared into a temporary folder, whose list of unreadable images goes with it.
+_BAD_HINT = "fix or remove them, or evaluate with --skip-bad to leave them out; --cache DIR keeps their list"
 
 
 def _split_to_evaluate(split: str | None, names: list[str], src: Path) -> str:

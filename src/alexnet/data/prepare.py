@@ -177,12 +177,13 @@ def _run(tasks: list[dict], workers: int, handle: Callable[[dict], None]) -> Non
         pool.join()
 
 
-def _bad_error(src: Path, out: Path, failed: list[tuple[Path, str]]) -> DataError:
+def _bad_error(src: Path, out: Path, failed: list[tuple[Path, str]], bad_hint: str | None = None) -> DataError:
     """One error naming every bad file (the first SHOWN_BAD in the message, all in the list file)."""
     failed = sorted(failed)
     listing = out / F.BAD_LIST
     atomic_write_text(listing, "".join(f"{relative(p, src)}\t{problem}\n" for p, problem in failed))
-    hint = f"listed in {listing}; fix or remove them, or prepare with skip_bad=True / --skip-bad to leave them out"
+    hint = bad_hint or (f"listed in {listing}; fix or remove them, or prepare with skip_bad=True / --skip-bad to "
+                        "leave them out")
     if len(failed) == 1:
         path, problem = failed[0]
         return DataError(path, f"{problem} ({hint})")
@@ -235,6 +236,7 @@ def prepare(
     chunk_size: int = 256,
     on_chunk: Callable[[str, int], None] | None = None,
     quality: int = F.DEFAULT_QUALITY,
+    bad_hint: str | None = None,
 ) -> Path:
     """Prepare ``src`` (an image-folder tree or ImageNet layout) into ``out``; returns ``out``.
 
@@ -244,7 +246,8 @@ def prepare(
     work to read), ``"jpeg"`` (``quality`` 1-100, about 10x smaller at 90) or ``"auto"`` (raw up
     to 32 GB, else JPEG). ``on_chunk(split, k)`` is called after chunk ``k`` is recorded (a hook
     for progress reports and tests). With ``progress``: a progress bar, the rate at the end, and
-    a summary of skipped images.
+    a summary of skipped images. ``bad_hint``: what the error for unreadable images advises instead of
+    the list file in ``out`` and ``--skip-bad`` (for callers that prepare into a folder they remove).
 
     An interrupted run resumes where it stopped; a folder already complete for the same source and
     options is returned at once.
@@ -276,14 +279,14 @@ def prepare(
 
         workers = usable_cores()
     workers = max(1, min(int(workers), len(tasks) or 1))
-    _execute(tasks, workers, states, src, out, progress, on_chunk)
+    _execute(tasks, workers, states, src, out, progress, on_chunk, bad_hint)
     skipped, skipped_path = _publish(out, src, states, job, lists)
     if skipped:
         _say(progress, f"skipped {skipped} unreadable images, listed in {skipped_path}")
     return out
 
 
-def _execute(tasks, workers, states, src, out, progress, on_chunk) -> None:
+def _execute(tasks, workers, states, src, out, progress, on_chunk, bad_hint=None) -> None:
     """Run the tasks with a progress bar; record each finished chunk; name every bad file."""
     from tqdm.auto import tqdm
 
@@ -320,4 +323,4 @@ def _execute(tasks, workers, states, src, out, progress, on_chunk) -> None:
         _say(progress, f"{total:,} images in {seconds:.1f} s: {total / seconds:,.0f} images/s with {workers} "
                        f"worker{'s' if workers > 1 else ''}")
     if failed:
-        raise _bad_error(src, out, failed)
+        raise _bad_error(src, out, failed, bad_hint)

@@ -21,6 +21,7 @@ import contextlib
 import io
 import math
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -165,8 +166,11 @@ def open_data(data: str | Path, image_size: int, query_only: bool = False, split
         return
     splits = [query_name(list_splits(src), split, src)] if query_only else None
     tmp = tempfile.mkdtemp(prefix="alexnet-figures-")
+    print(f"preparing {src} ({', '.join(splits or list_splits(src))}) at {image_size} px into {tmp}, removed "
+          "afterwards (an `alexnet prepare` output is read as it is)", file=sys.stderr, flush=True)
     try:
-        prepare(src, Path(tmp), size=image_size, splits=splits, progress=False)
+        prepare(src, Path(tmp), size=image_size, splits=splits, progress=True,
+                bad_hint="fix or remove them, or give an `alexnet prepare --skip-bad` output as --data")
         yield PreparedData.open(tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
