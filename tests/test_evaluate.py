@@ -86,8 +86,11 @@ def test_eval_of_an_image_folder_prepares_only_the_split_it_evaluates(trained_ru
                              "--crops", "1", "--json", "--device", "cpu", "--cache", str(cache))
     assert code == 0, err
     r = json.loads(out)
-    assert r["split"] == "test" and r["images"] == 30
-    assert list(PreparedData.open(cache).splits) == ["test"]
+    assert r["split"] == "test" and r["images"] == 30 and "prepare:" in err
+    assert [p.name for p in cache.iterdir()] == ["test"] and list(PreparedData.open(cache / "test").splits) == ["test"]
+    code, out, err = run_cli(capsys, "eval", "--checkpoint", str(trained_run / "last.pt"), "--data", str(src),
+                             "--split", "test", "--crops", "1", "--json", "--device", "cpu", "--cache", str(cache))
+    assert code == 0 and json.loads(out)["images"] == 30 and "prepare:" not in err        # the cached copy
 
 
 def test_eval_names_an_unreadable_image_without_pointing_at_a_removed_list(trained_run, tmp_path, capsys):

@@ -282,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=128, help="images per batch")
     p.add_argument("--workers", type=int, help="processes for preparing image folders")
     p.add_argument("--skip-bad", action="store_true", help="image folders: leave out unreadable images")
-    p.add_argument("--cache", help="where to keep the prepared copy of image folders (default: a temp dir)")
+    p.add_argument("--cache", help="where to keep the prepared copy of image folders, a folder per split (default: a temp dir)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 

@@ -160,7 +160,8 @@ def evaluate_checkpoints(paths: list[str], data_dir: str, split: str | None = No
         else:
             # Only the split evaluated is prepared: not ImageNet's 1.28 M training images for its val.
             name = _split_to_evaluate(split, list_splits(src), src)
-            out = Path(cache_dir) if cache_dir else Path(tmp := tempfile.mkdtemp(prefix="alexnet-eval-"))
+            # A cache keeps each split in a folder of its own, so that evaluating another split adds one.
+            out = Path(cache_dir) / name if cache_dir else Path(tmp := tempfile.mkdtemp(prefix="alexnet-eval-"))
             prepare(src, out, size=first["image_size"], splits=[name], workers=workers, progress=progress,
                     skip_bad=skip_bad, bad_hint=None if cache_dir else _BAD_HINT)
             data = PreparedData.open(out)
